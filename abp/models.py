@@ -1,0 +1,226 @@
+"""Generator networks g(z; W): each maps a batch of latents to a batch of signals.
+
+Every generator knows the shape of one example's latent (`latent_shape`) and records the
+arguments it was built with (`config`), so a checkpoint can rebuild it with
+`build_generator(config)`.
+
+There is deliberately no batch normalisation: it couples the examples of a batch, and then a
+Langevin chain would depend on which other chains share its batch. Every chain here is exact
+whatever the batch size (see `abp.langevin`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+class Generator(nn.Module):
+    """Base class: `forward(z)` maps latents of shape (N, *latent_shape) to signals."""
+
+    kind: str = ""
+    latent_shape: tuple[int, ...]
+    config: dict[str, Any]
+
+    def sample_latent(self, n: int, *, rng: torch.Generator | None = None,
+                      latent_shape: Sequence[int] | None = None) -> torch.Tensor:
+        """Draw n latents from the prior N(0, I) on the generator's device."""
+        shape = tuple(latent_shape) if latent_shape is not None else self.latent_shape
+        weight = next(self.parameters())
+        return torch.randn((n, *shape), generator=rng, device=weight.device, dtype=weight.dtype)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, rng: torch.Generator | None = None,
+               latent_shape: Sequence[int] | None = None) -> torch.Tensor:
+        """Signals g(z) for n latents drawn from the prior."""
+        return self(self.sample_latent(n, rng=rng, latent_shape=latent_shape))
+
+
+def _default_widths(n_layers: int, width: int, max_width: int = 512) -> tuple[int, ...]:
+    # Channel count halves at every upsampling, ending at `width` (DCGAN's pattern).
+    return tuple(min(max_width, width * 2 ** (n_layers - 1 - i)) for i in range(n_layers))
+
+
+def _upsampling_stack(conv: type[nn.Module], widths: Sequence[int], out_channels: int,
+                      kernel, stride, padding) -> nn.Sequential:
+    """ConvTranspose layers widths[0] → widths[1] → … → out_channels, then tanh."""
+    layers: list[nn.Module] = []
+    channels = list(widths) + [out_channels]
+    for i in range(len(widths)):
+        layers.append(conv(channels[i], channels[i + 1], kernel, stride, padding))
+        layers.append(nn.LeakyReLU(0.2) if i < len(widths) - 1 else nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class ImageGenerator(Generator):
+    """z ∈ R^d → linear → base×base×widths[0] → ConvTranspose2d stack (each ×2) → tanh.
+
+    The image side is `image_size = base · 2^len(widths)`; `widths` are the channel counts
+    from the base resolution up to half the image size.
+    """
+
+    kind = "image"
+
+    def __init__(self, latent_dim: int = 100, image_size: int = 64, channels: int = 3,
+                 widths: Sequence[int] | None = None, width: int = 64):
+        super().__init__()
+        if widths is None:
+            n_layers = max(1, round(math.log2(image_size / 4)))
+            widths = _default_widths(n_layers, width)
+        widths = tuple(int(w) for w in widths)
+        base, remainder = divmod(image_size, 2 ** len(widths))
+        if remainder or base < 1:
+            raise ValueError(f"image_size={image_size} is not base·2^{len(widths)} for the "
+                             f"{len(widths)} upsampling layers of widths={widths}")
+        self.latent_shape = (latent_dim,)
+        self.config = dict(kind=self.kind, latent_dim=latent_dim, image_size=image_size,
+                           channels=channels, widths=list(widths))
+        self.base, self.widths = base, widths
+        self.project = nn.Linear(latent_dim, widths[0] * base * base)
+        self.activation = nn.LeakyReLU(0.2)
+        self.upsample = _upsampling_stack(nn.ConvTranspose2d, widths, channels, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.activation(self.project(z)).view(-1, self.widths[0], self.base, self.base)
+        return self.upsample(h)
+
+
+def face_generator(channels: int = 3) -> ImageGenerator:
+    """The 64×64 face generator of the paper's lineage: d = 100,
+    4×4×512 → 8×8×256 → 16×16×128 → 32×32×64 → 64×64×C."""
+    return ImageGenerator(latent_dim=100, image_size=64, channels=channels,
+                          widths=(512, 256, 128, 64))
+
+
+class TextureGenerator(Generator):
+    """Fully convolutional: a latent map c×h×w → ConvTranspose2d stack (each ×2) → tanh.
+
+    With n = len(widths) + 1 layers the texture is (h·2^n)×(w·2^n) (7×7 → 224×224 by
+    default, as in the paper); the same weights applied to a larger latent map synthesise a
+    proportionally larger texture.
+    """
+
+    kind = "texture"
+
+    def __init__(self, latent_channels: int = 4, latent_size: int = 7, channels: int = 3,
+                 widths: Sequence[int] = (256, 128, 64, 32)):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        self.latent_shape = (latent_channels, latent_size, latent_size)
+        self.config = dict(kind=self.kind, latent_channels=latent_channels,
+                           latent_size=latent_size, channels=channels, widths=list(widths))
+        self.upsample = _upsampling_stack(nn.ConvTranspose2d, (latent_channels, *widths),
+                                          channels, 4, 2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.upsample(z)
+
+
+class VideoGenerator(Generator):
+    """Spatio-temporal latent c×t×h×w → ConvTranspose3d stack → C×T×H×W clip, tanh.
+
+    Every layer doubles height and width; the first `temporal_layers` layers also double
+    time (the rest keep the frame count): with n = len(widths) + 1 layers,
+    T = t·2^temporal_layers and H = h·2^n.
+    """
+
+    kind = "video"
+
+    def __init__(self, latent_channels: int = 8, latent_frames: int = 2, latent_size: int = 4,
+                 channels: int = 3, widths: Sequence[int] = (128, 64, 32),
+                 temporal_layers: int = 2):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if not 0 <= temporal_layers <= len(widths) + 1:
+            raise ValueError(f"temporal_layers={temporal_layers} must be between 0 and the "
+                             f"number of layers, len(widths) + 1 = {len(widths) + 1}")
+        self.latent_shape = (latent_channels, latent_frames, latent_size, latent_size)
+        self.config = dict(kind=self.kind, latent_channels=latent_channels,
+                           latent_frames=latent_frames, latent_size=latent_size,
+                           channels=channels, widths=list(widths),
+                           temporal_layers=temporal_layers)
+        channels_in = (latent_channels, *widths)
+        channels_out = (*widths, channels)
+        layers: list[nn.Module] = []
+        for i in range(len(channels_in)):
+            doubles_time = i < temporal_layers
+            layers.append(nn.ConvTranspose3d(
+                channels_in[i], channels_out[i],
+                kernel_size=(4 if doubles_time else 3, 4, 4),
+                stride=(2 if doubles_time else 1, 2, 2), padding=1))
+            layers.append(nn.LeakyReLU(0.2) if i < len(channels_in) - 1 else nn.Tanh())
+        self.upsample = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.upsample(z)
+
+
+class AudioGenerator(Generator):
+    """Latent sequence c×l → ConvTranspose1d stack (each ×stride) → 1×L waveform, tanh.
+
+    L = l · stride^(len(widths)+1).
+    """
+
+    kind = "audio"
+
+    def __init__(self, latent_channels: int = 16, latent_length: int = 16,
+                 widths: Sequence[int] = (128, 64, 32), stride: int = 4, channels: int = 1):
+        super().__init__()
+        if stride < 2 or stride % 2:
+            raise ValueError(f"stride={stride} must be an even number ≥ 2")
+        widths = tuple(int(w) for w in widths)
+        self.latent_shape = (latent_channels, latent_length)
+        self.config = dict(kind=self.kind, latent_channels=latent_channels,
+                           latent_length=latent_length, widths=list(widths), stride=stride,
+                           channels=channels)
+        # kernel 2·stride, padding stride/2: each layer multiplies the length by exactly stride.
+        self.upsample = _upsampling_stack(nn.ConvTranspose1d, (latent_channels, *widths),
+                                          channels, 2 * stride, stride, stride // 2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.upsample(z)
+
+
+class LinearGenerator(Generator):
+    """x = W z + b (factor analysis), reshaped to `output_shape`."""
+
+    kind = "linear"
+
+    def __init__(self, latent_dim: int, output_shape: Sequence[int] | int):
+        super().__init__()
+        output_shape = (output_shape,) if isinstance(output_shape, int) else tuple(output_shape)
+        self.latent_shape = (latent_dim,)
+        self.output_shape = output_shape
+        self.config = dict(kind=self.kind, latent_dim=latent_dim,
+                           output_shape=list(output_shape))
+        self.linear = nn.Linear(latent_dim, math.prod(output_shape))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W, of shape (D, d) with D the flattened signal size."""
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.linear.bias
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z).view(-1, *self.output_shape)
+
+
+GENERATORS: dict[str, type[Generator]] = {
+    cls.kind: cls for cls in
+    (ImageGenerator, TextureGenerator, VideoGenerator, AudioGenerator, LinearGenerator)
+}
+
+
+def build_generator(config: dict[str, Any]) -> Generator:
+    """Rebuild a generator from its `config` (as stored in checkpoints)."""
+    options = dict(config)
+    kind = options.pop("kind", None)
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown generator kind {kind!r}; expected one of {sorted(GENERATORS)}")
+    return GENERATORS[kind](**options)

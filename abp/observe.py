@@ -1,0 +1,132 @@
+"""Observation operators A: what of a signal x we get to see, y = A(x).
+
+The energy (abp.energy) only ever calls `residual(y, x)`, so learning from complete,
+occluded or compressed data is the same code with a different operator:
+
+- `Identity`: y = x (complete data).
+- `Mask`: y = m ⊙ x with a 0/1 mask of observed entries (occluded data). Hidden entries of y
+  have no influence at all: the residual is m ⊙ (y − x).
+- `Projection`: y = A · vec(x) with a matrix A (compressed measurements).
+- `LocalAverage`: y = means over non-overlapping k×k blocks (local averaging).
+
+An operator that differs per example (a per-example mask) is restricted to a batch with
+`select(index)`; operators shared by all examples return themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+class Observation:
+    """Base class for a linear observation operator."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y − A(x): the part of the data the signal x does not explain."""
+        return y - self(x)
+
+    def select(self, index: torch.Tensor) -> "Observation":
+        """The operator for the examples `index` of the data set."""
+        return self
+
+    def observed_count(self, y: torch.Tensor) -> torch.Tensor:
+        """How many observed entries the batch y has (the denominator of a mean error)."""
+        return torch.tensor(y.numel(), device=y.device, dtype=torch.float32)
+
+    def to(self, device: torch.device | str) -> "Observation":
+        return self
+
+
+class Identity(Observation):
+    """Complete data: y = x."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y - x
+
+
+class Mask(Observation):
+    """Occluded data: y = m ⊙ x, with m = 1 where an entry is observed and 0 where hidden.
+
+    `mask` holds one mask per example, shape (N, *signal_shape), unless `per_example=False`,
+    in which case one mask of shape signal_shape (or broadcastable to it) serves every example.
+    """
+
+    def __init__(self, mask: torch.Tensor, *, per_example: bool = True):
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ValueError("a mask must contain only 0 (hidden) and 1 (observed)")
+        self.mask = mask.to(torch.float32) if not mask.is_floating_point() else mask
+        self.per_example = per_example
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask * x
+
+    def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.mask * (y - x)
+
+    def select(self, index: torch.Tensor) -> "Mask":
+        if not self.per_example:
+            return self
+        return Mask(self.mask[index.to(self.mask.device)], per_example=True)
+
+    def observed_count(self, y: torch.Tensor) -> torch.Tensor:
+        return self.mask.expand_as(y).sum()
+
+    def to(self, device: torch.device | str) -> "Mask":
+        return Mask(self.mask.to(device), per_example=self.per_example)
+
+    @property
+    def observed_fraction(self) -> float:
+        return float(self.mask.mean())
+
+
+class Projection(Observation):
+    """Compressed measurements: y = A · vec(x), with A of shape (M, D) shared by all examples."""
+
+    def __init__(self, matrix: torch.Tensor):
+        if matrix.dim() != 2:
+            raise ValueError(f"a projection matrix must be 2-D (M, D); got {tuple(matrix.shape)}")
+        self.matrix = matrix
+
+    @classmethod
+    def gaussian(cls, n_measurements: int, signal_shape: Sequence[int] | int, seed: int,
+                 dtype: torch.dtype = torch.float32) -> "Projection":
+        """A random Gaussian A with entries N(0, 1/M), reproducible from (M, shape, seed)."""
+        size = signal_shape if isinstance(signal_shape, int) else math.prod(signal_shape)
+        rng = torch.Generator().manual_seed(seed)
+        matrix = torch.randn((n_measurements, size), generator=rng, dtype=dtype)
+        return cls(matrix / math.sqrt(n_measurements))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.matrix.T
+
+    def to(self, device: torch.device | str) -> "Projection":
+        return Projection(self.matrix.to(device))
+
+
+class LocalAverage(Observation):
+    """Local averaging: means over non-overlapping blocks of `block` entries along each of the
+    last `n_dims` dimensions (2 for images and video frames, 1 for audio)."""
+
+    def __init__(self, block: int, n_dims: int = 2):
+        if block < 1 or n_dims < 1:
+            raise ValueError(f"block={block} and n_dims={n_dims} must be positive")
+        self.block, self.n_dims = block, n_dims
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        leading = x.shape[: x.dim() - self.n_dims]
+        blocked_shape: list[int] = []
+        for size in x.shape[x.dim() - self.n_dims:]:
+            if size % self.block:
+                raise ValueError(f"signal side {size} is not a multiple of block={self.block}")
+            blocked_shape += [size // self.block, self.block]
+        block_dims = tuple(range(len(leading) + 1, len(leading) + 2 * self.n_dims, 2))
+        return x.reshape(*leading, *blocked_shape).mean(dim=block_dims)

@@ -1,0 +1,239 @@
+"""Learning back-prop and the ABP training loop.
+
+Each epoch visits every training example once, in a shuffled order. For a batch:
+
+1. inferential back-prop: l Langevin steps on the batch's latents, warm-started from the
+   latent bank where the last epoch left them (persistent chains), written back afterwards;
+2. learning back-prop: one optimizer step on the weights W for the same energy at those z.
+
+Everything random (initial latents, shuffling, Langevin noise) draws from the trainer's own
+torch.Generator, whose state is checkpointed with the weights, the optimizer and the latent
+bank, so training resumed from a checkpoint continues exactly as if it had never stopped.
+
+    trainer = ABPTrainer(generator, data, ABPConfig(sigma=0.3, step_size=0.1))
+    trainer.fit(epochs=100, callbacks=[Checkpointer("ckpt.pt", every=10)])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from abp.energy import energy_of_residual
+from abp.langevin import infer
+from abp.observe import Identity, Observation
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ABPConfig:
+    """Knobs of the algorithm. `sigma` is σ, `step_size` is s, `langevin_steps` is l."""
+
+    sigma: float = 0.3
+    step_size: float = 0.1
+    langevin_steps: int = 10
+    noise: bool = True
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = 3e-4
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+    sgd_momentum: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = {"sigma": self.sigma, "step_size": self.step_size,
+                    "learning_rate": self.learning_rate, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.langevin_steps < 0:
+            raise ValueError(f"langevin_steps must be ≥ 0, got {self.langevin_steps!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LatentBank:
+    """One latent per training example, addressed by example id, on the training device."""
+
+    def __init__(self, latents: torch.Tensor):
+        self.latents = latents
+
+    @classmethod
+    def from_prior(cls, n_examples: int, latent_shape: Sequence[int], *,
+                   rng: torch.Generator, device: torch.device) -> "LatentBank":
+        return cls(torch.randn((n_examples, *latent_shape), generator=rng, device=device))
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.latents[ids]
+
+    def __setitem__(self, ids: torch.Tensor, z: torch.Tensor) -> None:
+        self.latents[ids] = z
+
+
+EpochCallback = Callable[["ABPTrainer", dict[str, float]], None]
+
+
+class ABPTrainer:
+    """Alternating back-propagation on a data set held on the training device.
+
+    Args:
+        generator: the generator g(z; W); needs a `latent_shape` attribute (abp.models).
+        data: observations y of every training example, example id = row index.
+        config: algorithm settings.
+        observation: the operator A for the whole data set (identity if None).
+        device: defaults to CUDA when available, else CPU.
+    """
+
+    def __init__(self, generator: nn.Module, data: torch.Tensor, config: ABPConfig, *,
+                 observation: Observation | None = None, device: torch.device | str | None = None):
+        self.config = config
+        self.device = torch.device(device) if device is not None else default_device()
+        self.generator = generator.to(self.device)
+        self.data = data.to(self.device, torch.float32)
+        self.observation = (observation or Identity()).to(self.device)
+        self.rng = torch.Generator(self.device).manual_seed(config.seed)
+        self.latent_bank = LatentBank.from_prior(len(self.data), generator.latent_shape,
+                                                 rng=self.rng, device=self.device)
+        self.optimizer = self._make_optimizer()
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = self.generator.parameters()
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.config.learning_rate,
+                                    betas=self.config.adam_betas)
+        return torch.optim.SGD(params, lr=self.config.learning_rate,
+                               momentum=self.config.sgd_momentum)
+
+    def learning_step(self, z: torch.Tensor, y: torch.Tensor,
+                      observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on W for the energy at the inferred z (the batch mean of the
+        per-example energies: a Monte Carlo estimate of the expected gradient).
+        Returns the per-example energies and the residual, detached."""
+        self.optimizer.zero_grad(set_to_none=True)
+        residual = observation.residual(y, self.generator(z))
+        energies = energy_of_residual(residual, z, sigma=self.config.sigma)
+        energies.mean().backward()
+        self.optimizer.step()
+        return energies.detach(), residual.detach()
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the data; returns the epoch's statistics (also kept in `history`)."""
+        cfg = self.config
+        started = time.perf_counter()
+        order = torch.randperm(len(self.data), generator=self.rng, device=self.device)
+        # Sums stay on the device: one host sync per epoch, not per batch.
+        total_energy = torch.zeros((), device=self.device)
+        squared_error = torch.zeros((), device=self.device)
+        observed = torch.zeros((), device=self.device)
+        for ids in order.split(cfg.batch_size):
+            y = self.data[ids]
+            observation = self.observation.select(ids)
+            z = infer(self.generator, y, self.latent_bank[ids], sigma=cfg.sigma,
+                      step_size=cfg.step_size, n_steps=cfg.langevin_steps, noise=cfg.noise,
+                      observation=observation, rng=self.rng)
+            self.latent_bank[ids] = z
+            energies, residual = self.learning_step(z, y, observation)
+            total_energy += energies.sum()
+            squared_error += residual.pow(2).sum()
+            observed += observation.observed_count(y)
+        self.epoch += 1
+        stats = {"epoch": self.epoch,
+                 "energy": float(total_energy) / len(self.data),
+                 "reconstruction_mse": float(squared_error / observed),
+                 "seconds": time.perf_counter() - started}
+        self.history.append(stats)
+        return stats
+
+    def fit(self, epochs: int, callbacks: Sequence[EpochCallback] = ()) -> list[dict[str, float]]:
+        """Train until `epochs` epochs in total are done (a resumed trainer continues from
+        its epoch); each callback is called as callback(trainer, stats) after every epoch."""
+        while self.epoch < epochs:
+            stats = self.train_epoch()
+            for callback in callbacks:
+                callback(self, stats)
+        return self.history
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "config": self.config.as_dict(),
+            "generator_config": getattr(self.generator, "config", None),
+            "generator": self.generator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "latent_bank": self.latent_bank.latents,
+            "rng_state": self.rng.get_state(),
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not "
+                             f"{CHECKPOINT_FORMAT}")
+        changed = sorted(k for k, v in self.config.as_dict().items() if state["config"].get(k) != v)
+        if changed:
+            raise ValueError(f"the checkpoint was made with other settings ({', '.join(changed)}); "
+                             "resuming it would not continue the same run")
+        bank = state["latent_bank"]
+        if bank.shape != self.latent_bank.latents.shape:
+            raise ValueError(f"the checkpoint's latent bank has shape {tuple(bank.shape)}, but this "
+                             f"data set needs {tuple(self.latent_bank.latents.shape)}")
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.latent_bank.latents.copy_(bank)
+        self.rng.set_state(state["rng_state"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write a full checkpoint atomically (a temporary file, then a rename): a crash while
+        saving never leaves a truncated checkpoint under `path`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         delete=False) as tmp:
+            torch.save(self.state_dict(), tmp)
+        os.replace(tmp.name, path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        # Loaded on the CPU: the RNG state must stay a CPU tensor; load_state_dict moves
+        # the rest to the training device.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+class Checkpointer:
+    """Epoch callback: save a checkpoint every `every` epochs (and never lose the last one)."""
+
+    def __init__(self, path: str | os.PathLike, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every={every} must be ≥ 1")
+        self.path, self.every = Path(path), every
+
+    def __call__(self, trainer: ABPTrainer, stats: dict[str, float]) -> None:
+        if trainer.epoch % self.every == 0:
+            trainer.save_checkpoint(self.path)

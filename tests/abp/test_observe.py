@@ -1,0 +1,53 @@
+"""Observation operators: what they compute, and that they are reproducible."""
+
+import pytest
+import torch
+
+from abp.observe import Identity, LocalAverage, Mask, Projection
+
+
+def test_local_average_is_the_linear_map_of_block_means():
+    op = LocalAverage(block=2)
+    x = torch.arange(2 * 1 * 4 * 6, dtype=torch.float64).view(2, 1, 4, 6)
+    y = op(x)
+    assert y.shape == (2, 1, 2, 3)
+    assert y[0, 0, 0, 0] == (x[0, 0, 0, 0] + x[0, 0, 0, 1] + x[0, 0, 1, 0] + x[0, 0, 1, 1]) / 4
+    # As an explicit matrix it is a Projection, so the posterior tests above cover it too.
+    basis = torch.eye(24, dtype=torch.float64).view(24, 1, 4, 6)
+    matrix = op(basis).flatten(1).T
+    torch.testing.assert_close(Projection(matrix)(x), y.flatten(1))
+    with pytest.raises(ValueError, match="multiple of block"):
+        LocalAverage(block=5)(x)
+
+
+def test_gaussian_projection_is_reproducible_from_its_seed():
+    a = Projection.gaussian(10, (1, 4, 4), seed=11).matrix
+    assert torch.equal(a, Projection.gaussian(10, (1, 4, 4), seed=11).matrix)
+    assert not torch.equal(a, Projection.gaussian(10, (1, 4, 4), seed=12).matrix)
+    assert a.shape == (10, 16)
+
+
+def test_mask_rejects_values_other_than_zero_and_one():
+    with pytest.raises(ValueError, match="only 0"):
+        Mask(torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_local_average_works_on_audio_along_one_dimension():
+    x = torch.arange(12.0).view(1, 1, 12)
+    torch.testing.assert_close(LocalAverage(block=3, n_dims=1)(x),
+                               torch.tensor([[[1.0, 4.0, 7.0, 10.0]]]))
+
+
+def test_per_example_mask_selects_the_batch_and_counts_observed_entries():
+    masks = torch.zeros(4, 1, 2, 2)
+    masks[1, 0, 0] = 1  # example 1 shows its first row
+    masks[3] = 1        # example 3 shows everything
+    op = Mask(masks)
+    batch = op.select(torch.tensor([3, 1]))
+    y = torch.ones(2, 1, 2, 2)
+    assert torch.equal(batch.mask, masks[[3, 1]])
+    assert float(batch.observed_count(y)) == 6
+    shared = Mask(torch.ones(1, 2, 2), per_example=False)
+    assert shared.select(torch.tensor([0, 2])) is shared
+    assert float(shared.observed_count(y)) == 8
+    assert float(Identity().observed_count(y)) == 8
