@@ -1,0 +1,1 @@
+"""Pipeline layer: Prefect flows that compose the `abp` library, tracked in MLflow."""
