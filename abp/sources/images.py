@@ -1,0 +1,70 @@
+"""Images: a folder of files any PIL can read, or arrays, into N×C×H×W tensors in [−1, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from abp.sources.common import OnCorrupt, Skipped, SourceError, find_files, read_all
+
+Crop = Literal["center", "none"]
+
+
+def image_suffixes() -> set[str]:
+    return set(Image.registered_extensions())
+
+
+def to_tensor(image: Image.Image, *, size: int, channels: int, crop: Crop = "center") -> torch.Tensor:
+    """One PIL image → C×size×size float32 in [−1, 1]: center-cropped to a square (or
+    squeezed, with crop="none"), resized, converted to grayscale (C=1) or RGB (C=3)."""
+    if channels not in (1, 3):
+        raise SourceError(f"channels={channels}: use 1 (grayscale) or 3 (RGB)")
+    image = image.convert("L" if channels == 1 else "RGB")
+    if crop == "center":
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    image = image.resize((size, size), Image.Resampling.LANCZOS if size < min(image.size)
+                         else Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
+    return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1).contiguous()
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """An image array (H×W or H×W×C; uint8, or float/bool in [0, 1]) → PIL image."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # drop alpha
+    return Image.fromarray(array)
+
+
+def _read_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()  # decode now, so a truncated file fails here and is skipped
+        return image.copy()
+
+
+def load_image_folder(folder: Path, *, size: int, channels: int, crop: Crop = "center",
+                      max_images: int | None = None, on_corrupt: OnCorrupt = "skip"
+                      ) -> tuple[torch.Tensor, list[Path], list[Skipped]]:
+    """All images under `folder` (recursively, sorted by path; at most `max_images`).
+    Returns (N×C×size×size tensor, the files used, the files skipped)."""
+    files = find_files(folder, image_suffixes(), "image files")
+    if max_images is not None:
+        files = files[:max_images]
+    good, skipped = read_all(files, _read_image, on_corrupt=on_corrupt, what="image")
+    images = torch.stack([to_tensor(img, size=size, channels=channels, crop=crop)
+                          for _, img in good])
+    return images, [path for path, _ in good], skipped
+
+
+def images_from_arrays(arrays: Sequence[np.ndarray], *, size: int, channels: int,
+                       crop: Crop = "center") -> torch.Tensor:
+    return torch.stack([to_tensor(array_to_image(a), size=size, channels=channels, crop=crop)
+                        for a in arrays])
