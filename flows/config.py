@@ -1,0 +1,207 @@
+"""params.yaml, read into typed and validated settings at the edge of the pipeline.
+
+Every error names the params.yaml key and what is wrong, and is raised before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
+
+from abp.sources.bundled import BUNDLED_FILES, BUNDLED_IMAGES
+
+PARAMS_FILE = Path("params.yaml")
+BUNDLED = "bundled:"
+
+
+class ConfigError(ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+class Strict(BaseModel):
+    # Unknown keys are typos: reject them instead of silently ignoring a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_source(source: str, allowed: tuple[str, ...], what: str) -> str:
+    if source.startswith(BUNDLED):
+        name = source[len(BUNDLED):]
+        if name not in allowed:
+            raise ValueError(f"unknown bundled source {name!r} for {what}; choose one of "
+                             + ", ".join(BUNDLED + a for a in allowed)
+                             + ", or give a path to your own files")
+    return source
+
+
+class SplitSettings(Strict):
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    split_seed: int = 0
+    on_corrupt: Literal["skip", "fail"] = "skip"
+
+
+class ImageDataset(SplitSettings):
+    """A folder of images (recursively), or a bundled image set."""
+    kind: Literal["images"]
+    source: str
+    image_size: int = Field(ge=4, le=1024)
+    channels: Literal[1, 3] = 1
+    crop: Literal["center", "none"] = "center"
+    max_examples: int | None = Field(None, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, BUNDLED_IMAGES, "images")
+
+
+class VideoDataset(SplitSettings):
+    """One video file or a folder of them, as clips of clip_frames frames (1: single frames)."""
+    kind: Literal["video"]
+    source: str
+    image_size: int = Field(ge=4, le=1024)
+    channels: Literal[1, 3] = 3
+    crop: Literal["center", "none"] = "center"
+    clip_frames: int = Field(8, ge=1)
+    clip_stride: int = Field(8, ge=1)
+    frame_step: int = Field(1, ge=1)
+    max_frames: int | None = Field(None, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, tuple(f for f in BUNDLED_FILES if f.endswith(".mp4")), "video")
+
+
+class AudioDataset(SplitSettings):
+    """A folder of audio files (or one file), mono, resampled, cut into clips."""
+    kind: Literal["audio"]
+    source: str
+    sample_rate: int = Field(ge=100)
+    clip_length: int = Field(ge=16)
+    clip_stride: int = Field(ge=1)
+    peak_normalize: bool = True
+    max_examples: int | None = Field(None, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, tuple(f for f in BUNDLED_FILES if f.endswith(".wav")), "audio")
+
+
+class OcclusionVariant(Strict):
+    """Occluded copies: the model will see only the observed entries."""
+    kind: Literal["occlusion"]
+    base: str
+    pattern: Literal["salt_pepper", "square", "missing_frames", "frame_occlusion",
+                     "missing_segments"]
+    hidden_fraction: float | None = Field(None, gt=0, lt=1)
+    block: int | None = Field(None, ge=1)
+    side: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _settings(self) -> "OcclusionVariant":
+        needed = ("side",) if self.pattern == "square" else \
+            ("hidden_fraction",) if self.pattern == "missing_frames" else ("hidden_fraction", "block")
+        missing = [k for k in needed if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"pattern {self.pattern!r} needs {' and '.join(missing)}")
+        return self
+
+
+class CompressedVariant(Strict):
+    """Compressed measurements y = A·x: the model will see only y."""
+    kind: Literal["compressed"]
+    base: str
+    operator: Literal["gaussian", "local_average"]
+    ratio: float | None = Field(None, gt=0, lt=1)
+    block: int | None = Field(None, ge=2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _settings(self) -> "CompressedVariant":
+        if self.operator == "gaussian" and self.ratio is None:
+            raise ValueError("operator 'gaussian' needs ratio (measurements per entry)")
+        if self.operator == "local_average" and self.block is None:
+            raise ValueError("operator 'local_average' needs block (the side of each block)")
+        return self
+
+
+class SubsampleVariant(Strict):
+    """Fewer training examples, every k-th frame, or every k-th sample."""
+    kind: Literal["subsample"]
+    base: str
+    keep_fraction: float = Field(1.0, gt=0, le=1)
+    frame_step: int = Field(1, ge=1)
+    sample_step: int = Field(1, ge=1)
+    seed: int = 0
+
+
+DatasetConfig = Annotated[Union[ImageDataset, VideoDataset, AudioDataset],
+                          Field(discriminator="kind")]
+VariantConfig = Annotated[Union[OcclusionVariant, CompressedVariant, SubsampleVariant],
+                          Field(discriminator="kind")]
+
+
+def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (run from the repository root)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def _validate(adapter: TypeAdapter, raw: Any, key: str, path: Path):
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            # With a tagged union pydantic puts the tag ("images", …) in the location: drop it.
+            loc = [str(p) for p in e["loc"]]
+            if loc and isinstance(raw, dict) and loc[0] == str(raw.get("kind")):
+                loc = loc[1:]
+            where = ".".join([key, *loc])
+            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+            problems.append(f"{path}: {where}: {e['msg']}{got}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+_DATASET = TypeAdapter(DatasetConfig)
+_VARIANT = TypeAdapter(VariantConfig)
+
+
+def _section(params: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    section = params.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {name}: expected a mapping of names to settings")
+    return section
+
+
+def dataset_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE):
+    """The validated settings of a data set or variant called `name`."""
+    datasets, variants = _section(params, "datasets", path), _section(params, "variants", path)
+    both = sorted(set(datasets) & set(variants))
+    if both:
+        raise ConfigError(f"{path}: {', '.join(both)} is both in datasets and in variants; "
+                          "names must be unique")
+    if name in datasets:
+        return _validate(_DATASET, datasets[name], f"datasets.{name}", path)
+    if name in variants:
+        variant = _validate(_VARIANT, variants[name], f"variants.{name}", path)
+        if variant.base not in datasets:
+            raise ConfigError(f"{path}: variants.{name}.base: {variant.base!r} is not a data "
+                              f"set under datasets (have: {', '.join(datasets) or 'none'})")
+        return variant
+    raise ConfigError(f"{path}: no data set or variant named {name!r} (datasets: "
+                      f"{', '.join(datasets) or 'none'}; variants: {', '.join(variants) or 'none'})")

@@ -1,0 +1,173 @@
+"""Prepare one data set or variant named in params.yaml into data/prepared/<name>/.
+
+    python -m flows.prepare faces          # a data set (params.yaml: datasets.faces)
+    python -m flows.prepare faces_P50      # a variant of it (params.yaml: variants.faces_P50)
+
+A data set reads its source (your files, or `bundled:<name>` data shipped inside an installed
+package), splits it into train and test, and writes float32 tensors in [−1, 1] with a
+manifest. A variant reads its prepared base and adds occlusion masks, compressed
+measurements (and the operator's spec) or subsampling. The DVC stages in dvc.yaml run
+exactly these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from abp import datasets, variants
+from abp.masks import keep_fraction
+from abp.sources.audio import load_audio_clips
+from abp.sources.bundled import bundled_file, bundled_images
+from abp.sources.common import SourceError
+from abp.sources.images import images_from_arrays, load_image_folder
+from abp.sources.video import load_video_clips
+from flows.config import (BUNDLED, PARAMS_FILE, AudioDataset, CompressedVariant, ConfigError,
+                          ImageDataset, OcclusionVariant, SubsampleVariant, VideoDataset,
+                          dataset_config, load_params)
+
+PREPARED_ROOT = Path("data/prepared")
+
+
+def _bundled_name(source: str) -> str | None:
+    return source[len(BUNDLED):] if source.startswith(BUNDLED) else None
+
+
+@task(cache_policy=NO_CACHE)
+def read_source(cfg: ImageDataset | VideoDataset | AudioDataset) -> tuple[torch.Tensor, dict]:
+    """The source's examples as one tensor, and what the manifest says about the inputs."""
+    bundled = _bundled_name(cfg.source)
+    info: dict[str, Any] = {"source": cfg.source}
+    if isinstance(cfg, ImageDataset) and bundled:
+        arrays = bundled_images(bundled)
+        x = images_from_arrays(arrays, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop)
+        info["inputs"] = {"arrays": len(arrays), "sha256": datasets.sha256_arrays(arrays)}
+        skipped = []
+    else:
+        location = bundled_file(bundled) if bundled else Path(cfg.source)
+        if isinstance(cfg, ImageDataset):
+            x, files, skipped = load_image_folder(
+                location, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop,
+                max_images=cfg.max_examples, on_corrupt=cfg.on_corrupt)
+        elif isinstance(cfg, VideoDataset):
+            x, fps, files, skipped = load_video_clips(
+                location, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop,
+                clip_frames=cfg.clip_frames, clip_stride=cfg.clip_stride,
+                frame_step=cfg.frame_step, max_frames=cfg.max_frames,
+                max_clips=cfg.max_examples, on_corrupt=cfg.on_corrupt)
+            info["fps"] = fps
+        else:
+            x, files, skipped = load_audio_clips(
+                location, sample_rate=cfg.sample_rate, clip_length=cfg.clip_length,
+                clip_stride=cfg.clip_stride, peak_normalize=cfg.peak_normalize,
+                max_clips=cfg.max_examples, on_corrupt=cfg.on_corrupt)
+            info["sample_rate"] = cfg.sample_rate
+        root = location if location.is_dir() else location.parent
+        info["inputs"] = {"files": len(files), "sha256": datasets.sha256_files(files, root)}
+    info["skipped"] = {"count": len(skipped),
+                       "files": [{"path": s.path, "reason": s.reason} for s in skipped[:50]]}
+    return x[: cfg.max_examples], info
+
+
+def prepare_dataset(name: str, cfg, out: Path) -> dict[str, Any]:
+    x, info = read_source(cfg)
+    train_ids, test_ids = datasets.split_indices(len(x), cfg.test_fraction, cfg.split_seed)
+    splits = {"train": {"x": x[train_ids]}, "test": {"x": x[test_ids]}}
+    manifest = {"name": name, "kind": variants.signal_kind(x), **info,
+                "settings": cfg.model_dump(), "split_seed": cfg.split_seed,
+                "counts": {s: len(t["x"]) for s, t in splits.items()},
+                "shapes": {s: list(t["x"].shape) for s, t in splits.items()}}
+    datasets.write_prepared(out, splits, manifest)
+    return manifest
+
+
+def prepare_variant(name: str, cfg, base_folder: Path, out: Path) -> dict[str, Any]:
+    base = datasets.read_manifest(base_folder)
+    splits = {s: datasets.read_split(base_folder, s) for s in datasets.SPLITS}
+    rng = torch.Generator().manual_seed(cfg.seed)
+    manifest: dict[str, Any] = {"name": name, "base": cfg.base, "kind": base["kind"],
+                                "variant": cfg.model_dump(), "base_inputs": base.get("inputs"),
+                                **{k: base[k] for k in ("fps", "sample_rate") if k in base}}
+    if isinstance(cfg, OcclusionVariant):
+        coverage = {}
+        for split, tensors in splits.items():
+            if len(tensors["x"]) == 0:
+                continue
+            mask = variants.occlusion_mask(tensors["x"], pattern=cfg.pattern, rng=rng,
+                                           hidden_fraction=cfg.hidden_fraction,
+                                           block=cfg.block, side=cfg.side)
+            if not mask.flatten(1).any(1).all():
+                raise ValueError(f"variants.{name}: the mask hides every entry of some "
+                                 "examples; lower hidden_fraction or side")
+            tensors["mask"] = mask
+            hidden = 1 - mask.flatten(1).float().mean(1)
+            coverage[split] = {"hidden_mean": float(hidden.mean()), "hidden_min": float(hidden.min()),
+                               "hidden_max": float(hidden.max())}
+        manifest["coverage"] = coverage
+    elif isinstance(cfg, CompressedVariant):
+        spec = variants.measurement_spec(splits["train"]["x"], operator=cfg.operator,
+                                         ratio=cfg.ratio, block=cfg.block, seed=cfg.seed)
+        operator = variants.operator_from_spec(spec)
+        for tensors in splits.values():
+            tensors["y"] = operator(tensors["x"])
+        manifest["operator"] = spec
+        manifest["measurement_shape"] = list(splits["train"]["y"].shape[1:])
+    else:
+        keep = keep_fraction(len(splits["train"]["x"]), cfg.keep_fraction, rng)
+        splits["train"]["x"] = splits["train"]["x"][keep]
+        for tensors in splits.values():
+            tensors["x"] = variants.subsample(tensors["x"], frame_step=cfg.frame_step,
+                                              sample_step=cfg.sample_step)
+        if "fps" in manifest:
+            manifest["fps"] = manifest["fps"] / cfg.frame_step
+        if "sample_rate" in manifest:
+            manifest["sample_rate"] = manifest["sample_rate"] / cfg.sample_step
+    manifest["counts"] = {s: len(t["x"]) for s, t in splits.items()}
+    manifest["shapes"] = {s: list(t["x"].shape) for s, t in splits.items()}
+    datasets.write_prepared(out, splits, manifest)
+    return manifest
+
+
+@flow(name="prepare")
+def prepare(name: str, params_file: str = str(PARAMS_FILE),
+            prepared_root: str = str(PREPARED_ROOT)) -> dict[str, Any]:
+    """Prepare the data set or variant `name` from params.yaml into <prepared_root>/<name>."""
+    logger = get_run_logger()
+    cfg = dataset_config(name, load_params(Path(params_file)), Path(params_file))
+    started = time.perf_counter()
+    out = Path(prepared_root) / name
+    if isinstance(cfg, (OcclusionVariant, CompressedVariant, SubsampleVariant)):
+        manifest = prepare_variant(name, cfg, Path(prepared_root) / cfg.base, out)
+    else:
+        manifest = prepare_dataset(name, cfg, out)
+    logger.info("%s: %s train / %s test, shape %s, %.1f s", out, manifest["counts"]["train"],
+                manifest["counts"]["test"], manifest["shapes"]["train"][1:],
+                time.perf_counter() - started)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="a key under datasets: or variants: in params.yaml")
+    parser.add_argument("--params", default=str(PARAMS_FILE))
+    parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
+    args = parser.parse_args(argv)
+    try:
+        # Validate before Prefect starts: a bad value fails at once, before any work.
+        dataset_config(args.name, load_params(Path(args.params)), Path(args.params))
+        prepare(args.name, params_file=args.params, prepared_root=args.prepared_root)
+    except (ConfigError, SourceError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
