@@ -20,6 +20,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from abp.observe import Identity, Mask, Observation
+from abp.variants import operator_from_spec
+
 SPLITS = ("train", "test")
 
 
@@ -92,3 +95,16 @@ def read_split(folder: Path, split: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: prepare the data set first (dvc repro)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def observations(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]
+                 ) -> tuple[torch.Tensor, Observation]:
+    """What a model may learn from in a prepared split, and the operator that produced it:
+    (x, Identity) for complete data, (m ⊙ x, Mask) for occluded data, (y, A) for compressed
+    measurements. The complete x stays out of learning; it is only for evaluation."""
+    if "mask" in tensors:
+        mask = tensors["mask"]
+        return tensors["x"] * mask, Mask(mask)
+    if "y" in tensors:
+        return tensors["y"], operator_from_spec(manifest["operator"])
+    return tensors["x"], Identity()

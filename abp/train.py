@@ -209,14 +209,15 @@ class ABPTrainer:
         self.epoch = state["epoch"]
         self.history = list(state["history"])
 
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write a full checkpoint atomically (a temporary file, then a rename): a crash while
-        saving never leaves a truncated checkpoint under `path`."""
+        saving never leaves a truncated checkpoint under `path`. `extra` (plain values) is
+        stored beside the state, e.g. to tell which run the checkpoint belongs to."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
                                          delete=False) as tmp:
-            torch.save(self.state_dict(), tmp)
+            torch.save({**self.state_dict(), "extra": dict(extra or {})}, tmp)
         os.replace(tmp.name, path)
         return path
 
@@ -229,11 +230,12 @@ class ABPTrainer:
 class Checkpointer:
     """Epoch callback: save a checkpoint every `every` epochs (and never lose the last one)."""
 
-    def __init__(self, path: str | os.PathLike, every: int = 1):
+    def __init__(self, path: str | os.PathLike, every: int = 1,
+                 extra: dict[str, Any] | None = None):
         if every < 1:
             raise ValueError(f"every={every} must be ≥ 1")
-        self.path, self.every = Path(path), every
+        self.path, self.every, self.extra = Path(path), every, dict(extra or {})
 
     def __call__(self, trainer: ABPTrainer, stats: dict[str, float]) -> None:
         if trainer.epoch % self.every == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, extra=self.extra)

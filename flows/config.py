@@ -205,3 +205,82 @@ def dataset_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE):
         return variant
     raise ConfigError(f"{path}: no data set or variant named {name!r} (datasets: "
                       f"{', '.join(datasets) or 'none'}; variants: {', '.join(variants) or 'none'})")
+
+
+class AbpSettings(Strict):
+    """The algorithm's knobs (abp.train.ABPConfig)."""
+    sigma: float = Field(0.3, gt=0)
+    step_size: float = Field(0.1, gt=0)
+    langevin_steps: int = Field(10, ge=0)
+    noise: bool = True
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(3e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class EvaluationSettings(Strict):
+    """Inference for new data with the weights fixed (gradient descent on the energy)."""
+    n_steps: int = Field(300, ge=1)
+    step_size: float | None = Field(None, gt=0)  # default: the training step size
+    init: Literal["zeros", "prior"] = "zeros"
+    n_samples: int = Field(16, ge=1)
+
+
+class TrainingSettings(Strict):
+    """The training loop around the algorithm."""
+    epochs: int = Field(ge=1)
+    init_seed: int = 0  # seeds the generator's initial weights
+    checkpoint_every: int = Field(5, ge=1)
+    media_every: int = Field(10, ge=1)
+
+
+class ExperimentConfig(Strict):
+    """One training run: a prepared data set (or variant), a generator, ABP settings.
+    All but `evaluation` are required, so that the DVC train stage can list them as its
+    params (evaluation settings rerun the evaluation alone)."""
+    dataset: str
+    generator: dict[str, Any]
+    abp: AbpSettings
+    training: TrainingSettings
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+
+_EXPERIMENT = TypeAdapter(ExperimentConfig)
+
+
+def experiment_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE) -> ExperimentConfig:
+    """The validated settings of the experiment `name` (params.yaml: experiments.<name>)."""
+    experiments = _section(params, "experiments", path)
+    if name not in experiments:
+        raise ConfigError(f"{path}: no experiment named {name!r} under experiments "
+                          f"(have: {', '.join(experiments) or 'none'})")
+    cfg = _validate(_EXPERIMENT, experiments[name], f"experiments.{name}", path)
+    known = {*_section(params, "datasets", path), *_section(params, "variants", path)}
+    if cfg.dataset not in known:
+        raise ConfigError(f"{path}: experiments.{name}.dataset: {cfg.dataset!r} is not a data "
+                          f"set or variant (have: {', '.join(sorted(known)) or 'none'})")
+    return cfg
+
+
+class ScheduleConfig(Strict):
+    """When the served deployment retrains (params.yaml: schedule)."""
+    cron: str
+    timezone: str = "UTC"
+    targets: list[str] = []
+
+    @model_validator(mode="after")
+    def _cron(self) -> "ScheduleConfig":
+        from prefect.client.schemas.schedules import CronSchedule  # Prefect's own checks
+        try:
+            CronSchedule(cron=self.cron, timezone=self.timezone)
+        except ValidationError as error:
+            reason = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{reason} (cron is: minute hour day month weekday)") from None
+        return self
+
+
+def schedule_config(params: dict[str, Any], path: Path = PARAMS_FILE) -> ScheduleConfig:
+    if "schedule" not in params:
+        raise ConfigError(f"{path}: schedule: missing (e.g. schedule: {{cron: '0 3 * * *'}})")
+    return _validate(TypeAdapter(ScheduleConfig), params["schedule"], "schedule", path)

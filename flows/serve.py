@@ -1,0 +1,49 @@
+"""Serve the pipeline as a Prefect deployment that retrains on a schedule.
+
+    prefect server start --host 127.0.0.1            # in one terminal (schedules need it)
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python -m flows.serve                             # in another; stop with Ctrl-C / SIGTERM
+    prefect deployment run 'pipeline/retrain'         # a run now, besides the schedule
+
+The cron schedule, its time zone and the `dvc repro` targets come from params.yaml
+(`schedule:`). Each run is `dvc repro` in this repository: unchanged stages are skipped; new
+or changed data (e.g. files added under data/raw and `dvc add`-ed) retrains what depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from prefect.schedules import Cron
+
+from flows.config import ConfigError, load_params, schedule_config
+from flows.pipeline import pipeline
+
+DEPLOYMENT = "retrain"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--repo", default=".", help="the repository to run dvc repro in")
+    args = parser.parse_args(argv)
+    try:
+        cfg = schedule_config(load_params(Path(args.params)), Path(args.params))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not os.environ.get("PREFECT_API_URL"):
+        print("error: a schedule needs a Prefect server: start `prefect server start --host "
+              "127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        return 2
+    pipeline.serve(name=DEPLOYMENT, schedule=Cron(cfg.cron, timezone=cfg.timezone),
+                   parameters={"targets": cfg.targets, "repo": str(Path(args.repo).resolve())},
+                   description="dvc repro of the ABP pipeline on a schedule")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
