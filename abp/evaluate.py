@@ -46,3 +46,33 @@ class PCA:
         flat = x.flatten(1).double() - self.mean
         coded = flat @ self.components.T
         return (coded @ self.components + self.mean).to(x.dtype).view_as(x)
+
+
+
+def pca_from_observations(y: torch.Tensor, *, forward, back_project, n_components: int,
+                          n_iter: int = 50) -> tuple[PCA, torch.Tensor]:
+    """PCA learned from incomplete or indirect observations y = A(x): the linear baseline
+    for occluded and compressed data. Returns the PCA and the recovered signals x̂.
+
+    Iterative imputation (EM-like): fit a d-component PCA to the current fill-in, take its
+    reconstruction m, and fill in again keeping what the data say:
+    x̂ = m + back_project(y − A(m)). For a mask (A = back_project = m ⊙ ·) this keeps the
+    observed pixels and takes the hidden ones from the PCA; for a projection, back_project
+    is the pseudo-inverse, so x̂ stays consistent with y.
+    """
+    x_hat = back_project(y)
+    pca = PCA(n_components)
+    for _ in range(n_iter):
+        model = pca.fit(x_hat).reconstruct(x_hat)
+        x_hat = model + back_project(y - forward(model))
+    return pca, x_hat
+
+
+def recover_with_pca(pca: PCA, y: torch.Tensor, *, forward, back_project,
+                     n_iter: int = 50) -> torch.Tensor:
+    """Recover new signals from their observations with a PCA fixed (the same fill-in)."""
+    x_hat = back_project(y)
+    for _ in range(n_iter):
+        model = pca.reconstruct(x_hat)
+        x_hat = model + back_project(y - forward(model))
+    return x_hat

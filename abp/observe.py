@@ -35,6 +35,10 @@ class Observation:
         """The operator for the examples `index` of the data set."""
         return self
 
+    def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
+        """A⁺y: the least-norm signal with A(x) = y (used by the linear PCA baseline)."""
+        raise NotImplementedError
+
     def observed_count(self, y: torch.Tensor) -> torch.Tensor:
         """How many observed entries the batch y has (the denominator of a mean error)."""
         return torch.tensor(y.numel(), device=y.device, dtype=torch.float32)
@@ -51,6 +55,9 @@ class Identity(Observation):
 
     def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return y - x
+
+    def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
+        return y
 
 
 class Mask(Observation):
@@ -71,6 +78,9 @@ class Mask(Observation):
 
     def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.mask * (y - x)
+
+    def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
+        return self.mask * y
 
     def select(self, index: torch.Tensor) -> "Mask":
         if not self.per_example:
@@ -108,6 +118,11 @@ class Projection(Observation):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1) @ self.matrix.T
 
+    def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
+        if not hasattr(self, "_pinv"):
+            self._pinv = torch.linalg.pinv(self.matrix.double()).to(self.matrix.dtype)
+        return (y @ self._pinv.T).view(-1, *signal_shape)
+
     def to(self, device: torch.device | str) -> "Projection":
         return Projection(self.matrix.to(device))
 
@@ -130,3 +145,10 @@ class LocalAverage(Observation):
             blocked_shape += [size // self.block, self.block]
         block_dims = tuple(range(len(leading) + 1, len(leading) + 2 * self.n_dims, 2))
         return x.reshape(*leading, *blocked_shape).mean(dim=block_dims)
+
+    def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
+        # The block-mean rows are orthogonal with equal norms, so A⁺ repeats each mean
+        # over its block.
+        for dim in range(y.dim() - self.n_dims, y.dim()):
+            y = y.repeat_interleave(self.block, dim=dim)
+        return y

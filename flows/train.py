@@ -58,7 +58,7 @@ class EpochRecorder:
 
     def __call__(self, trainer: ABPTrainer, stats: dict[str, float]) -> None:
         self.progress.update(1)
-        self.progress.set_postfix(energy=f"{stats['energy']:.2f}",
+        self.progress.set_postfix(refresh=False, energy=f"{stats['energy']:.2f}",
                                   mse=f"{stats['reconstruction_mse']:.4f}")
         if not tracking.is_main_process():
             return

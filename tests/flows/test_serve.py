@@ -40,14 +40,14 @@ def wait_for_deployment(name: str, timeout: float = 90):
                 time.sleep(1)
 
 
-def test_served_deployment_has_the_schedule_and_a_manual_run_executes(tmp_path):
+def test_served_deployment_has_the_schedule_and_a_manual_run_executes(tmp_path, monkeypatch):
     repo = tiny_dvc_repo(tmp_path / "repo")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # a fresh server database
     with local_prefect_server() as api_url:
         serve = subprocess.Popen(
             [sys.executable, "-m", "flows.serve", "--params", str(repo / "params.yaml"),
              "--repo", str(repo)],
-            cwd=REPO, env={**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(tmp_path)},
-            start_new_session=True)
+            cwd=REPO, env={**os.environ, "PREFECT_API_URL": api_url}, start_new_session=True)
         try:
             with temporary_settings({PREFECT_API_URL: api_url}):
                 deployment = wait_for_deployment("pipeline/retrain")
