@@ -12,7 +12,7 @@ errors on the [0, 1] scale:
 - train_mae: g(z) for the training latents against the complete training signals; for an
   occlusion variant train_hidden_mae is the paper's recovery error (occluded pixels only).
 
-Writes reports/<experiment>/metrics.json and figures/, logs both into the training's MLflow
+Writes reports/experiments/<experiment>/metrics.json and figures/, logs both into the training's MLflow
 run, registers the generator and moves the `champion` alias to it when its held-out error
 beats the champion's.
 """
@@ -32,9 +32,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from abp.evaluate import mean_absolute_error
-from abp.langevin import reconstruct
+from abp.evaluate import PCA, mean_absolute_error, pca_from_observations, recover_with_pca
+from abp.langevin import infer, reconstruct
+from abp import media
 from abp.media import save_png, side_by_side
+from abp.observe import Identity
 from flows import tracking
 from flows.config import ConfigError
 from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, REPORTS_ROOT, Experiment,
@@ -56,28 +58,61 @@ def recover(exp: Experiment, generator, y: torch.Tensor, observation) -> torch.T
 
 
 def compute_metrics(exp: Experiment, generator) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Error metrics, and the signals the figures show."""
+    """Error metrics (ABP's, and PCA's with the same d where the latent is a vector), and
+    the signals the figures show."""
     metrics: dict[str, float] = {}
-    shown: dict[str, torch.Tensor] = {}
-    train, _, _ = exp.split("train")
+    train, y_train, obs_train = exp.split("train")
     latents = torch.load(exp.model_folder / "latent_bank.pt", map_location="cpu", weights_only=True)
+    # The bank holds the last Langevin samples; gradient descent from them gives each training
+    # example's most probable latent, hence its best reconstruction or recovery.
+    settings = exp.cfg.evaluation
+    latents = infer(generator, y_train, latents, sigma=exp.cfg.abp.sigma, noise=False,
+                    step_size=settings.step_size or exp.cfg.abp.step_size,
+                    n_steps=settings.n_steps, observation=obs_train)
     with torch.no_grad():
         fitted = generator(latents)
-    metrics["train_mae"] = mean_absolute_error(fitted, train["x"])
-    if "mask" in train:
-        metrics["train_hidden_mae"] = mean_absolute_error(fitted, train["x"], where=~train["mask"])
-    test, y_test, observation = exp.split("test")
+    metrics.update(errors("train", fitted, train))
+    test, y_test, obs_test = exp.split("test")
     if len(test["x"]):
-        recovered = recover(exp, generator, y_test, observation)
-        metrics["heldout_mae"] = mean_absolute_error(recovered, test["x"])
-        if "mask" in test:
-            metrics["heldout_hidden_mae"] = mean_absolute_error(recovered, test["x"],
-                                                                where=~test["mask"])
-        rows = [test["x"], y_test, recovered] if "mask" in test else [test["x"], recovered]
+        recovered = recover(exp, generator, y_test, obs_test)
+        metrics.update(errors("heldout", recovered, test))
+        shown = [test["x"], y_test, recovered] if "mask" in test else [test["x"], recovered]
     else:
-        rows = [train["x"], train["x"] * train["mask"], fitted] if "mask" in train else [train["x"], fitted]
-    shown["reconstructions"] = [r[:8] for r in rows]
-    return metrics, shown
+        shown = [train["x"], y_train, fitted] if "mask" in train else [train["x"], fitted]
+    if len(generator.latent_shape) == 1:
+        metrics.update(pca_baseline(exp, generator.latent_shape[0], train, y_train, obs_train,
+                                    test, y_test, obs_test))
+    return metrics, {"reconstructions": [r[:8] for r in shown]}
+
+
+def errors(split: str, estimate: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    found = {f"{split}_mae": mean_absolute_error(estimate, tensors["x"])}
+    if "mask" in tensors:
+        found[f"{split}_hidden_mae"] = mean_absolute_error(estimate, tensors["x"],
+                                                           where=~tensors["mask"])
+    return found
+
+
+def pca_baseline(exp: Experiment, d: int, train, y_train, obs_train, test, y_test, obs_test
+                 ) -> dict[str, float]:
+    """PCA with d components learned from exactly what ABP learned from (complete,
+    occluded or compressed training data), scored like ABP; keys start with pca_."""
+    shape = exp.signal_shape
+    if isinstance(obs_train, Identity):
+        pca = PCA(d).fit(train["x"])
+        fitted = pca.reconstruct(train["x"])
+        recovered = pca.reconstruct(test["x"]) if len(test["x"]) else None
+    else:
+        pca, fitted = pca_from_observations(
+            y_train, forward=obs_train, n_components=d,
+            back_project=lambda r: obs_train.pseudo_inverse(r, shape))
+        recovered = recover_with_pca(pca, y_test, forward=obs_test,
+                                     back_project=lambda r: obs_test.pseudo_inverse(r, shape)) \
+            if len(test["x"]) else None
+    found = {f"pca_{k}": v for k, v in errors("train", fitted, train).items()}
+    if recovered is not None:
+        found.update({f"pca_{k}": v for k, v in errors("heldout", recovered, test).items()})
+    return found
 
 
 def write_figures(exp: Experiment, generator, shown: dict, history: list[dict]) -> list[Path]:
@@ -93,6 +128,14 @@ def write_figures(exp: Experiment, generator, shown: dict, history: list[dict]) 
         truth, *_, recovered = shown["reconstructions"]
         paths += write_media(truth, exp.kind, figures, "truth", **options)
         paths += write_media(recovered, exp.kind, figures, "recovered", **options)
+    if tuple(generator.latent_shape) == (2,):
+        paths.append(save_png(latent_grid(generator), figures / "latent_grid.png"))
+    if exp.cfg.generator.get("kind") == "texture":  # a larger latent map, a larger texture
+        c, h, w = generator.latent_shape
+        with torch.no_grad():
+            large = generator(generator.sample_latent(1, latent_shape=(c, 2 * h, 3 * w),
+                                                      rng=torch.Generator().manual_seed(1)))
+        paths.append(save_png(media.image_grid(large), figures / "large_texture.png"))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = [h["epoch"] for h in history]
     for ax, key in zip(axes, ("energy", "reconstruction_mse")):
@@ -103,6 +146,15 @@ def write_figures(exp: Experiment, generator, shown: dict, history: list[dict]) 
     fig.savefig(figures / "training.png", dpi=100)
     plt.close(fig)
     return paths + [figures / "training.png"]
+
+
+def latent_grid(generator, steps: int = 9, extent: float = 2.0):
+    """For d = 2: g(z) over a steps×steps grid of z in [−extent, extent]² (rows: z₂)."""
+    axis = torch.linspace(-extent, extent, steps)
+    grid = torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij"), -1)  # (z2, z1)
+    z = grid.flip(-1).reshape(-1, 2)
+    with torch.no_grad():
+        return media.image_grid(generator(z), ncol=steps)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

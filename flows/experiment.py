@@ -6,7 +6,7 @@ models/<experiment>/
     history.json       per-epoch energy and reconstruction error
     mlflow_run.json    the MLflow run (and logged model) this training recorded into
     checkpoints/last.pt  full training state (persists across DVC reruns: resume)
-reports/<experiment>/
+reports/experiments/<experiment>/
     metrics.json, figures/
 """
 
@@ -96,7 +96,7 @@ def load_experiment(name: str, params_file: Path = Path("params.yaml"),
     cfg = experiment_config(name, load_params(params_file), params_file)
     folder = Path(prepared_root) / cfg.dataset
     return Experiment(name, cfg, datasets.read_manifest(folder), folder,
-                      Path(models_root) / name, Path(reports_root) / name)
+                      Path(models_root) / name, Path(reports_root) / "experiments" / name)
 
 
 def write_json(path: Path, content: Any) -> Path:

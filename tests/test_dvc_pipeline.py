@@ -50,14 +50,22 @@ def test_dvc_repro_runs_prepare_train_evaluate_and_reruns_only_what_changed(tmp_
 
     first = dvc(copy, "repro")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("prepare@digits", "variant@digits_P50", "train@digits_P50", "evaluate@digits_P50"):
+    for stage in ("prepare@digits", "variant@digits_P50", "train@digits_P50",
+                  "evaluate@digits_P50", "report"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = dvc(copy, "metrics", "show", "--json")
     shown = json.loads(metrics.stdout[metrics.stdout.index("{"):])
-    values = next(iter(shown.values()))["data"]["reports/digits_P50/metrics.json"]["data"]
+    values = next(iter(shown.values()))["data"]["reports/experiments/digits_P50/metrics.json"]["data"]
     assert 0 < values["heldout_hidden_mae"] < 0.5 and "train_hidden_mae" in values
     assert (copy / "mlflow.db").is_file() and any((copy / "mlartifacts").iterdir())
-    assert (copy / "reports" / "digits_P50" / "figures" / "reconstructions.png").is_file()
+    assert (copy / "reports" / "experiments" / "digits_P50" / "figures" / "reconstructions.png").is_file()
+    summary = json.loads((copy / "reports" / "summary.json").read_text())
+    recovery = summary["digits"]["occlusion"]["P50"]
+    assert recovery["abp"] == values["train_hidden_mae"]
+    assert recovery["pca"] == values["pca_train_hidden_mae"]
+    report = (copy / "reports" / "REPORT.md").read_text()
+    assert "digits: recovery of occluded training pixels" in report and "| P50 |" in report
+    assert (copy / "reports" / "figures" / "digits_occlusion.png").is_file()
 
     again = dvc(copy, "repro")
     assert "Running stage" not in again.stdout and again.returncode == 0
@@ -68,4 +76,4 @@ def test_dvc_repro_runs_prepare_train_evaluate_and_reruns_only_what_changed(tmp_
     changed = dvc(copy, "repro")
     assert changed.returncode == 0, changed.stderr[-3000:]
     ran = [line for line in changed.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'evaluate@digits_P50':"]
+    assert ran == ["Running stage 'evaluate@digits_P50':", "Running stage 'report':"]

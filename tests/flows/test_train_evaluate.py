@@ -62,9 +62,9 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert [h["epoch"] for h in json.loads((models / "history.json").read_text())] == [1, 2, 3]
 
     assert evaluate_main(["tiny"]) == 0
-    metrics = json.loads((workspace / "reports" / "tiny" / "metrics.json").read_text())
+    metrics = json.loads((workspace / "reports" / "experiments" / "tiny" / "metrics.json").read_text())
     assert set(metrics) == {"train_mae", "train_hidden_mae", "heldout_mae", "heldout_hidden_mae"}
-    assert {p.name for p in (workspace / "reports" / "tiny" / "figures").iterdir()} == {
+    assert {p.name for p in (workspace / "reports" / "experiments" / "tiny" / "figures").iterdir()} == {
         "samples.png", "reconstructions.png", "training.png"}
 
     run_info = json.loads((models / "mlflow_run.json").read_text())
