@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from abp.energy import energy_of_residual
+from abp.fast import fast_forward
 from abp.langevin import infer
 from abp.observe import Identity, Observation
 
@@ -48,6 +49,11 @@ class ABPConfig:
     sgd_momentum: float = 0.0
     batch_size: int = 64
     seed: int = 0
+    # Speed switches (abp.fast); the inference batch may be larger than the learning one.
+    inference_batch_size: int | None = None
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         positive = {"sigma": self.sigma, "step_size": self.step_size,
@@ -57,6 +63,9 @@ class ABPConfig:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if self.langevin_steps < 0:
             raise ValueError(f"langevin_steps must be ≥ 0, got {self.langevin_steps!r}")
+        if self.inference_batch_size is not None and self.inference_batch_size < self.batch_size:
+            raise ValueError(f"inference_batch_size ({self.inference_batch_size}) must be at "
+                             f"least batch_size ({self.batch_size})")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
@@ -109,6 +118,9 @@ class ABPTrainer:
         self.config = config
         self.device = torch.device(device) if device is not None else default_device()
         self.generator = generator.to(self.device)
+        # What computes g(z): the generator itself, or it with speed-ups (same weights).
+        self.forward = fast_forward(self.generator, channels_last=config.channels_last,
+                                    bf16=config.bf16, compile=config.compile)
         self.data = data.to(self.device, torch.float32)
         self.observation = (observation or Identity()).to(self.device)
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
@@ -132,11 +144,17 @@ class ABPTrainer:
         per-example energies: a Monte Carlo estimate of the expected gradient).
         Returns the per-example energies and the residual, detached."""
         self.optimizer.zero_grad(set_to_none=True)
-        residual = observation.residual(y, self.generator(z))
+        residual = observation.residual(y, self.forward(z))
         energies = energy_of_residual(residual, z, sigma=self.config.sigma)
         energies.mean().backward()
         self.optimizer.step()
         return energies.detach(), residual.detach()
+
+    def _learning_batches(self, n: int) -> list[torch.Tensor | None]:
+        """Learning mini-batches within an inference batch of n (None: all of it)."""
+        if n <= self.config.batch_size:
+            return [None]
+        return list(torch.arange(n, device=self.device).split(self.config.batch_size))
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the data; returns the epoch's statistics (also kept in `history`)."""
@@ -147,17 +165,20 @@ class ABPTrainer:
         total_energy = torch.zeros((), device=self.device)
         squared_error = torch.zeros((), device=self.device)
         observed = torch.zeros((), device=self.device)
-        for ids in order.split(cfg.batch_size):
+        for ids in order.split(cfg.inference_batch_size or cfg.batch_size):
             y = self.data[ids]
             observation = self.observation.select(ids)
-            z = infer(self.generator, y, self.latent_bank[ids], sigma=cfg.sigma,
+            z = infer(self.forward, y, self.latent_bank[ids], sigma=cfg.sigma,
                       step_size=cfg.step_size, n_steps=cfg.langevin_steps, noise=cfg.noise,
                       observation=observation, rng=self.rng)
             self.latent_bank[ids] = z
-            energies, residual = self.learning_step(z, y, observation)
-            total_energy += energies.sum()
-            squared_error += residual.pow(2).sum()
-            observed += observation.observed_count(y)
+            for part in self._learning_batches(len(ids)):
+                part_observation = observation if part is None else observation.select(part)
+                part_z, part_y = (z, y) if part is None else (z[part], y[part])
+                energies, residual = self.learning_step(part_z, part_y, part_observation)
+                total_energy += energies.sum()
+                squared_error += residual.pow(2).sum()
+                observed += part_observation.observed_count(part_y)
         self.epoch += 1
         stats = {"epoch": self.epoch,
                  "energy": float(total_energy) / len(self.data),

@@ -217,6 +217,17 @@ class AbpSettings(Strict):
     learning_rate: float = Field(3e-4, gt=0)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
+    # Speed switches (see abp/fast.py and bench/): off by default, meant for CUDA.
+    inference_batch_size: int | None = Field(None, ge=1)
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _batches(self) -> "AbpSettings":
+        if self.inference_batch_size is not None and self.inference_batch_size < self.batch_size:
+            raise ValueError("inference_batch_size must be at least batch_size")
+        return self
 
 
 class EvaluationSettings(Strict):

@@ -45,14 +45,15 @@ def small_image_trainer(data: torch.Tensor, **config) -> ABPTrainer:
     return ABPTrainer(generator, data, ABPConfig(**{**settings, **config}), device="cpu")
 
 
-def test_resume_from_checkpoint_equals_training_straight_through(tmp_path):
+@pytest.mark.parametrize("speed", [{}, {"channels_last": True, "inference_batch_size": 16}])
+def test_resume_from_checkpoint_equals_training_straight_through(tmp_path, speed):
     data = torch.rand(20, 1, 8, 8) * 2 - 1
-    straight = small_image_trainer(data)
+    straight = small_image_trainer(data, **speed)
     straight.fit(epochs=5)
 
-    first = small_image_trainer(data)
+    first = small_image_trainer(data, **speed)
     first.fit(epochs=2, callbacks=[Checkpointer(tmp_path / "ckpt.pt", every=2)])
-    resumed = small_image_trainer(data)  # fresh weights, latents and RNG: all overwritten
+    resumed = small_image_trainer(data, **speed)  # fresh weights, latents, RNG: overwritten
     resumed.load_checkpoint(tmp_path / "ckpt.pt")
     assert resumed.epoch == 2
     resumed.fit(epochs=5)
