@@ -23,7 +23,6 @@ beats the champion's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -44,7 +43,7 @@ from abp.observe import Identity
 from flows import tracking
 from flows.config import ConfigError
 from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, REPORTS_ROOT, Experiment,
-                              load_experiment, load_generator, write_json)
+                              experiment_arguments, load_experiment, load_generator, write_json)
 from flows.samples import write_media
 
 matplotlib.use("Agg")  # files only, no display
@@ -212,13 +211,7 @@ def evaluate(experiment: str, params_file: str = "params.yaml",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", help="a key under experiments: in params.yaml")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
-    parser.add_argument("--models-root", default=str(MODELS_ROOT))
-    parser.add_argument("--reports-root", default=str(REPORTS_ROOT))
-    args = parser.parse_args(argv)
+    args = experiment_arguments(__doc__.splitlines()[0], reports=True).parse_args(argv)
     try:
         exp = load_experiment(args.experiment, Path(args.params), Path(args.prepared_root),
                               Path(args.models_root), Path(args.reports_root))

@@ -12,6 +12,7 @@ reports/experiments/<experiment>/
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -121,3 +122,15 @@ def load_generator(model_folder: Path) -> Generator:
     generator = build_generator(saved["config"])
     generator.load_state_dict(saved["state_dict"])
     return generator
+
+
+def experiment_arguments(description: str, *, reports: bool = False) -> argparse.ArgumentParser:
+    """The command line of the per-experiment flows (train, evaluate)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("experiment", help="a key under experiments: in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
+    parser.add_argument("--models-root", default=str(MODELS_ROOT))
+    if reports:
+        parser.add_argument("--reports-root", default=str(REPORTS_ROOT))
+    return parser

@@ -11,7 +11,6 @@ generator, the latent bank and the per-epoch history to models/<experiment>/.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from tqdm import tqdm
 from abp.train import ABPConfig, ABPTrainer, Checkpointer, default_device
 from flows import tracking
 from flows.config import ConfigError
-from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, Experiment, load_experiment,
-                              save_tensor_file, write_json)
+from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, Experiment, experiment_arguments,
+                              load_experiment, save_tensor_file, write_json)
 from flows.samples import log_media
 
 
@@ -168,12 +167,7 @@ def train(experiment: str, params_file: str = "params.yaml",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", help="a key under experiments: in params.yaml")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
-    parser.add_argument("--models-root", default=str(MODELS_ROOT))
-    args = parser.parse_args(argv)
+    args = experiment_arguments(__doc__.splitlines()[0]).parse_args(argv)
     try:
         # Settings and data are checked before Prefect or MLflow start: fail fast.
         load_experiment(args.experiment, Path(args.params), Path(args.prepared_root),

@@ -9,7 +9,6 @@ missing 1/σ², a wrong noise scale or a batch-mean reduction misses them by far
 
 import math
 
-import pytest
 import torch
 
 from abp.langevin import infer, reconstruct

@@ -89,7 +89,7 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     version = client.get_model_version_by_alias("abp-tiny", "champion")
     assert str(version.version) == "1" and version.tags["mlflow_run_id"] == run.info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
-    model = mlflow.pytorch.load_model(f"models:/abp-tiny@champion")
+    model = mlflow.pytorch.load_model("models:/abp-tiny@champion")
     assert model(torch.zeros(2, 4)).shape == (2, 1, 16, 16)
 
 
