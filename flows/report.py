@@ -82,7 +82,27 @@ def _order(setting: str) -> tuple:
     return (setting[0], float(digits) if digits.strip(".") else 0.0)
 
 
-def write_outputs(summary: dict, sources: dict, reports_root: Path) -> list[Path]:
+QUALITATIVE = ("samples", "latent_grid", "large_texture", "reconstructions", "samples_frames",
+               "recovered_frames", "samples_spectrograms", "recovered_spectrograms")
+
+
+def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]:
+    """Links to every experiment's PNG figures (sample grids from the prior, the d = 2
+    latent grid, larger textures, video frames, spectrograms, data / observed / recovered)."""
+    lines = ["## Qualitative results", "",
+             "Rows of reconstruction figures: the data, what the model saw (occluded "
+             "variants), the recovery. Video and sound are next to them as mp4 and wav.", ""]
+    for name in experiments:
+        figures = reports_root / "experiments" / name / "figures"
+        shown = [f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"
+                 for stem in QUALITATIVE if (figures / f"{stem}.png").is_file()]
+        if shown:
+            lines += [f"### {name}", "", *shown, ""]
+    return lines
+
+
+def write_outputs(summary: dict, sources: dict, reports_root: Path, *,
+                  experiments: list[str] = (), notes: str = "") -> list[Path]:
     figures, plots = reports_root / "figures", reports_root / "plots"
     figures.mkdir(parents=True, exist_ok=True)
     written = []
@@ -121,6 +141,9 @@ def write_outputs(summary: dict, sources: dict, reports_root: Path) -> list[Path
                       "Experiments: " + ", ".join(f"`{sources[f'{dataset}.{section}.{s}']}`"
                                                   for s in order)
                       + " (figures of each under `experiments/<experiment>/figures/`).", ""]
+    if notes:
+        lines += ["## Notes", "", notes.strip(), ""]
+    lines += qualitative_section(list(experiments), reports_root)
     written.append(write_json(reports_root / "summary.json", summary))
     report = reports_root / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
@@ -129,8 +152,10 @@ def write_outputs(summary: dict, sources: dict, reports_root: Path) -> list[Path
 
 @flow(name="report")
 def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROOT)) -> dict:
-    summary, sources = summarise(load_params(Path(params_file)), Path(reports_root))
-    write_outputs(summary, sources, Path(reports_root))
+    params = load_params(Path(params_file))
+    summary, sources = summarise(params, Path(reports_root))
+    write_outputs(summary, sources, Path(reports_root), experiments=list(params.get("experiments", {})),
+                  notes=(params.get("report") or {}).get("notes", ""))
     get_run_logger().info("summary: %s", json.dumps(summary))
     return summary
 
