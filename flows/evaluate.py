@@ -16,7 +16,8 @@ Recovered signals keep what the data say (observed pixels; agreement with the
 measurements), for ABP as for PCA; the pca_* metrics are PCA's with the same d learned from
 the same training data.
 
-Writes reports/experiments/<experiment>/metrics.json and figures/, logs both into the training's MLflow
+Writes reports/experiments/<experiment>/metrics.json, figures/ (PNG) and media/ (mp4,
+wav), logs them into the training's MLflow
 run, registers the generator and moves the `champion` alias to it when its held-out error
 beats the champion's.
 """
@@ -128,8 +129,9 @@ def pca_baseline(exp: Experiment, d: int, train, y_train, obs_train, test, y_tes
 
 
 def write_figures(exp: Experiment, generator, shown: dict, history: list[dict]) -> list[Path]:
-    figures = exp.report_folder / "figures"
+    figures = exp.report_folder / "figures"  # PNG only: DVC shows them as image plots
     options = {k: exp.manifest[k] for k in ("fps", "sample_rate") if k in exp.manifest}
+    options["sound_and_video_folder"] = exp.report_folder / "media"
     with torch.no_grad():
         samples = generator(generator.sample_latent(exp.cfg.evaluation.n_samples,
                                                     rng=torch.Generator().manual_seed(12345)))
@@ -176,6 +178,8 @@ def record(exp: Experiment, run: dict[str, Any], metrics: dict[str, float], figu
     with mlflow.start_run(run_id=run["mlflow_run_id"]):
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(figures), artifact_path="evaluation")
+        if (figures.parent / "media").is_dir():
+            mlflow.log_artifacts(str(figures.parent / "media"), artifact_path="evaluation/media")
     model_name = f"abp-{exp.name}".replace("_", "-")
     version = mlflow.register_model(run["model_uri"], model_name,
                                     tags={"mlflow_run_id": run["mlflow_run_id"]}).version

@@ -91,7 +91,8 @@ def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]
     latent grid, larger textures, video frames, spectrograms, data / observed / recovered)."""
     lines = ["## Qualitative results", "",
              "Rows of reconstruction figures: the data, what the model saw (occluded "
-             "variants), the recovery. Video and sound are next to them as mp4 and wav.", ""]
+             "variants), the recovery. Video and sound are under `experiments/<experiment>/media/` "
+             "as mp4 and wav.", ""]
     for name in experiments:
         figures = reports_root / "experiments" / name / "figures"
         shown = [f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"

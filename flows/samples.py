@@ -18,16 +18,20 @@ from abp import media
 
 
 def write_media(signals: torch.Tensor, kind: str, folder: Path, stem: str, *,
-                fps: float = 8, sample_rate: int = 8000, max_sounds: int = 4) -> list[Path]:
-    """Write `signals` as media files named <stem>… in `folder`; return their paths."""
+                fps: float = 8, sample_rate: int = 8000, max_sounds: int = 4,
+                sound_and_video_folder: Path | None = None) -> list[Path]:
+    """Write `signals` as media files named <stem>… in `folder` (PNG pictures) and in
+    `sound_and_video_folder` (mp4 and wav; `folder` too if None); return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
+    other = sound_and_video_folder or folder
+    other.mkdir(parents=True, exist_ok=True)
     if kind == "image":
         return [media.save_png(media.image_grid(signals), folder / f"{stem}.png")]
     if kind == "video":
-        return [media.write_mp4(signals, folder / f"{stem}.mp4", fps=fps),
+        return [media.write_mp4(signals, other / f"{stem}.mp4", fps=fps),
                 media.save_png(media.clip_frames_grid(signals), folder / f"{stem}_frames.png")]
     if kind == "audio":
-        sounds = [media.write_wav(s, folder / f"{stem}_{i}.wav", sample_rate=sample_rate)
+        sounds = [media.write_wav(s, other / f"{stem}_{i}.wav", sample_rate=sample_rate)
                   for i, s in enumerate(signals[:max_sounds])]
         spectra = torch.stack([torch.from_numpy(media.spectrogram(s)).float() / 127.5 - 1
                                for s in signals[:max_sounds]]).unsqueeze(1)
