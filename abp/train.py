@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 
 from abp.energy import energy_of_residual
 from abp.fast import fast_forward
+from abp.files import atomic_path
 from abp.langevin import infer
 from abp.observe import Identity, Observation
 
@@ -234,13 +234,9 @@ class ABPTrainer:
         """Write a full checkpoint atomically (a temporary file, then a rename): a crash while
         saving never leaves a truncated checkpoint under `path`. `extra` (plain values) is
         stored beside the state, e.g. to tell which run the checkpoint belongs to."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False) as tmp:
+        with atomic_path(path) as tmp:
             torch.save({**self.state_dict(), "extra": dict(extra or {})}, tmp)
-        os.replace(tmp.name, path)
-        return path
+        return Path(path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         # Loaded on the CPU: the RNG state must stay a CPU tensor; load_state_dict moves

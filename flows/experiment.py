@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from abp import datasets
+from abp.files import atomic_path
 from abp.models import Generator, build_generator
 from abp.observe import Observation
 from flows.config import ConfigError, ExperimentConfig, experiment_config, load_params
@@ -101,19 +101,14 @@ def load_experiment(name: str, params_file: Path = Path("params.yaml"),
 
 
 def write_json(path: Path, content: Any) -> Path:
-    """Atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
     return path
 
 
 def save_tensor_file(content: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(content, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(content, tmp)
     return path
 
 

@@ -46,7 +46,7 @@ def read_source(cfg: ImageDataset | VideoDataset | AudioDataset) -> tuple[torch.
     bundled = _bundled_name(cfg.source)
     info: dict[str, Any] = {"source": cfg.source}
     if isinstance(cfg, ImageDataset) and bundled:
-        arrays = bundled_images(bundled)
+        arrays = bundled_images(bundled)[: cfg.max_examples]
         x = images_from_arrays(arrays, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop)
         info["inputs"] = {"arrays": len(arrays), "sha256": datasets.sha256_arrays(arrays)}
         skipped = []
@@ -73,7 +73,7 @@ def read_source(cfg: ImageDataset | VideoDataset | AudioDataset) -> tuple[torch.
         info["inputs"] = {"files": len(files), "sha256": datasets.sha256_files(files, root)}
     info["skipped"] = {"count": len(skipped),
                        "files": [{"path": s.path, "reason": s.reason} for s in skipped[:50]]}
-    return x[: cfg.max_examples], info
+    return x, info
 
 
 def prepare_dataset(name: str, cfg, out: Path) -> dict[str, Any]:

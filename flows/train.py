@@ -33,16 +33,15 @@ from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, Experiment, experiment
 from flows.samples import log_media
 
 
-def _resumable_checkpoint(path: Path, fingerprint: str, epochs: int) -> dict[str, Any] | None:
-    """The checkpoint's extra information if training can continue from it: same settings
-    and data, and not past the epochs asked for."""
+def _resumable_state(path: Path, fingerprint: str, epochs: int) -> dict[str, Any] | None:
+    """The checkpoint's state if training can continue from it: same settings and data, and
+    not past the epochs asked for. Loaded on the CPU (the RNG state must stay there)."""
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    extra = state.get("extra", {})
-    if extra.get("fingerprint") != fingerprint or state["epoch"] > epochs:
+    if state.get("extra", {}).get("fingerprint") != fingerprint or state["epoch"] > epochs:
         return None
-    return extra
+    return state
 
 
 class EpochRecorder:
@@ -110,12 +109,12 @@ def train(experiment: str, params_file: str = "params.yaml",
 
     checkpoint = exp.model_folder / "checkpoints" / "last.pt"
     fingerprint = exp.fingerprint()
-    resume = _resumable_checkpoint(checkpoint, fingerprint, exp.cfg.training.epochs)
+    resume = _resumable_state(checkpoint, fingerprint, exp.cfg.training.epochs)
     if checkpoint.is_file() and not resume:
         logger.info("not resuming %s: it is from other settings, data or more epochs", checkpoint)
     tracking.configure()
     mlflow_experiment = tracking.experiment_id(f"abp-{exp.cfg.dataset}")
-    run_id = resume.get("mlflow_run_id") if resume else None
+    run_id = resume["extra"].get("mlflow_run_id") if resume else None
     if run_id and not tracking.run_exists(run_id):
         run_id = None  # the tracking store was reset: record the continuation as a new run
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else mlflow_experiment,
@@ -124,7 +123,7 @@ def train(experiment: str, params_file: str = "params.yaml",
                                       f"experiments.{experiment}",
                           log_system_metrics=True) as run:
         if resume:
-            trainer.load_checkpoint(checkpoint)
+            trainer.load_state_dict(resume)
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
         else:
             log_run_start(exp, device)
