@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -29,10 +30,15 @@ from torch import nn
 from abp.energy import energy_of_residual
 from abp.fast import fast_forward
 from abp.files import atomic_path
+from abp.graphs import CUDAGraphed
 from abp.langevin import infer
 from abp.observe import Identity, Observation
 
 CHECKPOINT_FORMAT = 1
+
+# Switches that change how the iteration is executed, not what it computes (up to float
+# rounding): a checkpoint made with other values of these still resumes the same run.
+EXECUTION_SWITCHES = ("channels_last", "compile", "cuda_graphs")
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,13 @@ class ABPConfig:
     sgd_momentum: float = 0.0
     batch_size: int = 64
     seed: int = 0
-    # Speed switches (abp.fast); the inference batch may be larger than the learning one.
+    # Speed switches (abp.fast, abp.graphs); the inference batch may be larger than the
+    # learning one; cuda_graphs replays the Langevin loop from CUDA graphs (CUDA only).
     inference_batch_size: int | None = None
     channels_last: bool = False
     bf16: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         positive = {"sigma": self.sigma, "step_size": self.step_size,
@@ -127,6 +135,7 @@ class ABPTrainer:
         self.latent_bank = LatentBank.from_prior(len(self.data), generator.latent_shape,
                                                  rng=self.rng, device=self.device)
         self.optimizer = self._make_optimizer()
+        self.langevin = self._make_langevin()
         self.epoch = 0
         self.history: list[dict[str, float]] = []
 
@@ -137,6 +146,26 @@ class ABPTrainer:
                                     betas=self.config.adam_betas)
         return torch.optim.SGD(params, lr=self.config.learning_rate,
                                momentum=self.config.sgd_momentum)
+
+    def _make_langevin(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What runs the Langevin steps for a batch of example ids: eagerly, or replayed
+        from CUDA graphs of the very same code."""
+        if not self.config.cuda_graphs:
+            return lambda ids: self.langevin_on(ids, self.rng)
+        if self.device.type != "cuda":
+            warnings.warn(f"cuda_graphs is on but training runs on {self.device}: "
+                          "running the Langevin loop without CUDA graphs", stacklevel=3)
+            return lambda ids: self.langevin_on(ids, self.rng)
+        return CUDAGraphed(self.langevin_on, self.rng)
+
+    def langevin_on(self, ids: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Inferential back-prop for the training examples `ids`, starting from their
+        latents in the bank; returns the new latents (the bank is left as it is).
+        Free of host syncs, so it can be captured into a CUDA graph."""
+        cfg = self.config
+        return infer(self.forward, self.data[ids], self.latent_bank[ids], sigma=cfg.sigma,
+                     step_size=cfg.step_size, n_steps=cfg.langevin_steps, noise=cfg.noise,
+                     observation=self.observation.select(ids), rng=rng)
 
     def learning_step(self, z: torch.Tensor, y: torch.Tensor,
                       observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,12 +195,10 @@ class ABPTrainer:
         squared_error = torch.zeros((), device=self.device)
         observed = torch.zeros((), device=self.device)
         for ids in order.split(cfg.inference_batch_size or cfg.batch_size):
+            z = self.langevin(ids)
+            self.latent_bank[ids] = z
             y = self.data[ids]
             observation = self.observation.select(ids)
-            z = infer(self.forward, y, self.latent_bank[ids], sigma=cfg.sigma,
-                      step_size=cfg.step_size, n_steps=cfg.langevin_steps, noise=cfg.noise,
-                      observation=observation, rng=self.rng)
-            self.latent_bank[ids] = z
             for part in self._learning_batches(len(ids)):
                 part_observation = observation if part is None else observation.select(part)
                 part_z, part_y = (z, y) if part is None else (z[part], y[part])
@@ -215,7 +242,8 @@ class ABPTrainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {state.get('format')!r} is not "
                              f"{CHECKPOINT_FORMAT}")
-        changed = sorted(k for k, v in self.config.as_dict().items() if state["config"].get(k) != v)
+        changed = sorted(k for k, v in self.config.as_dict().items()
+                         if state["config"].get(k) != v and k not in EXECUTION_SWITCHES)
         if changed:
             raise ValueError(f"the checkpoint was made with other settings ({', '.join(changed)}); "
                              "resuming it would not continue the same run")

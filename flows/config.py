@@ -217,11 +217,13 @@ class AbpSettings(Strict):
     learning_rate: float = Field(3e-4, gt=0)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
-    # Speed switches (see abp/fast.py and bench/): off by default, meant for CUDA.
+    # Speed switches (see abp/fast.py, abp/graphs.py and bench/): off by default, meant for
+    # CUDA (cuda_graphs is ignored, with a warning, when training runs on the CPU).
     inference_batch_size: int | None = Field(None, ge=1)
     channels_last: bool = False
     bf16: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
 
     @model_validator(mode="after")
     def _batches(self) -> "AbpSettings":

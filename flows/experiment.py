@@ -25,6 +25,7 @@ from abp import datasets
 from abp.files import atomic_path
 from abp.models import Generator, build_generator
 from abp.observe import Observation
+from abp.train import EXECUTION_SWITCHES
 from flows.config import ConfigError, ExperimentConfig, experiment_config, load_params
 
 PREPARED_ROOT, MODELS_ROOT, REPORTS_ROOT = Path("data/prepared"), Path("models"), Path("reports")
@@ -84,9 +85,12 @@ class Experiment:
         """Changes whenever the settings that shape training or the prepared data change: a
         checkpoint with another fingerprint belongs to another run and is not resumed. The
         number of epochs is left out, so raising it continues a finished training (exactly
-        as if it had run longer in one go)."""
+        as if it had run longer in one go); so are the switches that change only how the
+        iteration runs (abp.train.EXECUTION_SWITCHES), e.g. turning CUDA graphs on."""
         shaping = {**self.cfg.model_dump(mode="json", include={"dataset", "generator", "abp"}),
                    "init_seed": self.cfg.training.init_seed}
+        for switch in EXECUTION_SWITCHES:
+            shaping["abp"].pop(switch)
         content = json.dumps({"cfg": shaping, "data": self.manifest.get("files")}, sort_keys=True)
         return hashlib.sha256(content.encode()).hexdigest()
 

@@ -45,7 +45,9 @@ def small_image_trainer(data: torch.Tensor, **config) -> ABPTrainer:
     return ABPTrainer(generator, data, ABPConfig(**{**settings, **config}), device="cpu")
 
 
-@pytest.mark.parametrize("speed", [{}, {"channels_last": True, "inference_batch_size": 16}])
+@pytest.mark.parametrize("speed", [{}, {"channels_last": True, "inference_batch_size": 16,
+                                       "cuda_graphs": True}])
+@pytest.mark.filterwarnings("ignore:cuda_graphs is on")
 def test_resume_from_checkpoint_equals_training_straight_through(tmp_path, speed):
     data = torch.rand(20, 1, 8, 8) * 2 - 1
     straight = small_image_trainer(data, **speed)
@@ -67,6 +69,7 @@ def test_resume_from_checkpoint_equals_training_straight_through(tmp_path, speed
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.filterwarnings("ignore:cuda_graphs is on")
 def test_checkpoint_is_written_atomically_and_refuses_other_settings(tmp_path):
     data = torch.rand(10, 1, 8, 8) * 2 - 1
     trainer = small_image_trainer(data)
@@ -78,6 +81,12 @@ def test_checkpoint_is_written_atomically_and_refuses_other_settings(tmp_path):
             "generator_config"} <= set(state)
     with pytest.raises(ValueError, match="other settings \\(step_size\\)"):
         small_image_trainer(data, step_size=0.2).load_checkpoint(path)
+    with pytest.raises(ValueError, match="other settings \\(bf16\\)"):  # other numerics
+        small_image_trainer(data, bf16=True).load_checkpoint(path)
+    # Switches that change only how the iteration runs resume the same run.
+    switched = small_image_trainer(data, channels_last=True, cuda_graphs=True)
+    switched.load_checkpoint(path)
+    assert switched.epoch == 1
     with pytest.raises(ValueError, match="latent bank has shape"):
         small_image_trainer(data[:5]).load_checkpoint(path)
 

@@ -47,9 +47,10 @@ def workspace(tmp_path, monkeypatch):
     return tmp_path
 
 
-def set_epochs(epochs: int) -> None:
+def set_epochs(epochs: int, **abp_switches: bool) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["experiments"]["tiny"]["training"]["epochs"] = epochs
+    params["experiments"]["tiny"]["abp"].update(abp_switches)
     Path("params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -98,8 +99,9 @@ def test_more_epochs_resume_the_checkpoint_into_the_same_run(workspace):
     set_epochs(2)
     assert train_main(["tiny"]) == 0
     first = json.loads((workspace / "models" / "tiny" / "mlflow_run.json").read_text())
-    set_epochs(4)
-    assert train_main(["tiny"]) == 0
+    set_epochs(4, cuda_graphs=True)  # a switch of how it runs, not what: still resumes
+    with pytest.warns(UserWarning, match="cuda_graphs is on but training runs on cpu"):
+        assert train_main(["tiny"]) == 0
     resumed = json.loads((workspace / "models" / "tiny" / "mlflow_run.json").read_text())
     assert resumed["mlflow_run_id"] == first["mlflow_run_id"] and resumed["epochs"] == 4
     history = json.loads((workspace / "models" / "tiny" / "history.json").read_text())
