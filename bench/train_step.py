@@ -1,7 +1,7 @@
 """One full ABP iteration (l Langevin steps + one learning step): ours against the usual way.
 
-    python -m bench.train_step                  # CPU: small batches; CUDA: 64 … 1024
-    python -m bench.train_step --speedups            # ours without the speed switches
+    python -m bench.train_step                  # CPU: batches 64, 256; CUDA: 64 … 1024
+    python -m bench.train_step --speedups       # ours without the speed switches
 
 "reference" is ABP as public code usually writes it: `loss.backward()` inside every Langevin
 step (so weight gradients are computed and thrown away), a batch-mean loss rescaled to the
@@ -9,7 +9,8 @@ summed energy, the data copied host → device every batch and the latents kept 
 "ours" is abp.train.ABPTrainer: weights frozen during inference (gradients to z only), data
 and latent bank resident on the device, no host sync inside the Langevin loop. Both run the
 same settings from the same weights, data and seed; the table gives examples/s, Langevin
-steps/s (chains × steps per second), peak memory (CUDA) and the ratio. On CUDA it also gives
+steps/s (chains × steps per second), peak memory (CUDA: reserved by a fresh
+trainer's first iteration) and the ratio. On CUDA it also gives
 TFLOP/s from a FLOP count of the iteration and the fraction of the device's bf16 peak.
 
 The last line is `speedup_vs_reference=<x>` for the face preset at the largest batch.
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import gc
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from abp.models import AudioGenerator, TextureGenerator, face_generator
 from abp.train import ABPConfig, ABPTrainer
 
 SIGMA, STEP_SIZE, LANGEVIN_STEPS, LEARNING_RATE = 0.3, 0.1, 10, 3e-4
+SWITCHES = ("channels_last", "bf16", "compile", "cuda_graphs")
 
 # Dense bf16 tensor-core peaks (TFLOP/s) of the cards we expect, by name fragment.
 BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -89,12 +93,19 @@ def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def peak_memory(fn: Callable[[], None], device: torch.device) -> str:
+def peak_memory(run_fresh: Callable[[], None], device: torch.device) -> str:
+    """Peak memory a fresh trainer needs for its first iteration (MB): reserved rather than
+    allocated, because a CUDA graph's temporaries live in a private pool that
+    max_memory_allocated does not count."""
     if device.type != "cuda":
         return "-"
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    return f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
+    gc.collect()  # a trainer and its graphs form a cycle: free the ones already finished
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run_fresh()
+    torch.cuda.synchronize(device)
+    return f"{(torch.cuda.max_memory_reserved(device) - before) / 2**20:.0f}"
 
 
 def run_case(case: Case, batch: int, device: torch.device, repeats: int,
@@ -104,32 +115,43 @@ def run_case(case: Case, batch: int, device: torch.device, repeats: int,
     data = (torch.rand((batch, *generator(generator.sample_latent(1)).shape[1:])) * 2 - 1)
     config = ABPConfig(sigma=SIGMA, step_size=STEP_SIZE, langevin_steps=LANGEVIN_STEPS,
                        learning_rate=LEARNING_RATE, batch_size=batch, seed=0, **fast)
-    ours = ABPTrainer(copy.deepcopy(generator), data, config, device=device)
 
-    ref_generator = copy.deepcopy(generator).to(device)
-    ref_optimizer = torch.optim.Adam(ref_generator.parameters(), lr=LEARNING_RATE,
+    def make_ours() -> ABPTrainer:
+        return ABPTrainer(copy.deepcopy(generator), data, config, device=device)
+
+    def make_reference() -> Callable[[], None]:
+        ref_generator = copy.deepcopy(generator).to(device)
+        optimizer = torch.optim.Adam(ref_generator.parameters(), lr=LEARNING_RATE,
                                      betas=config.adam_betas)
-    z_host = ours.latent_bank.latents.detach().cpu().clone()
-    ref_rng = torch.Generator(device).manual_seed(0)
+        z_host = torch.randn((batch, *generator.latent_shape))
+        rng = torch.Generator(device).manual_seed(0)
+        return lambda: reference_iteration(ref_generator, optimizer, data, z_host, device, rng)
 
-    ours_time = timed(ours.train_epoch, device, repeats)
-    ref_time = timed(lambda: reference_iteration(ref_generator, ref_optimizer, data, z_host,
-                                                 device, ref_rng), device, repeats)
+    ours_time = timed(make_ours().train_epoch, device, repeats)
+    ref_time = timed(make_reference(), device, repeats)
     row: dict[str, float | str] = {
         "case": case.name, "batch": batch,
         "ours_ex_s": batch / ours_time, "ref_ex_s": batch / ref_time,
         "ours_chain_steps_s": batch * LANGEVIN_STEPS / ours_time,
         "ref_chain_steps_s": batch * LANGEVIN_STEPS / ref_time,
-        "ours_mem_mb": peak_memory(ours.train_epoch, device),
-        "ref_mem_mb": peak_memory(lambda: reference_iteration(
-            ref_generator, ref_optimizer, data, z_host, device, ref_rng), device),
+        "ours_mem_mb": peak_memory(lambda: make_ours().train_epoch(), device),
+        "ref_mem_mb": peak_memory(lambda: make_reference()(), device),
         "speedup": ref_time / ours_time,
     }
     if device.type == "cuda":
-        with FlopCounterMode(display=False) as counter:
-            ours.train_epoch()
-        row["tflops"] = counter.get_total_flops() / ours_time / 1e12
+        row["tflops"] = iteration_flops(generator, data, config, device) / ours_time / 1e12
     return row
+
+
+def iteration_flops(generator: nn.Module, data: torch.Tensor, config: ABPConfig,
+                    device: torch.device) -> int:
+    """FLOPs of one iteration, counted on an eager fp32 trainer of the same shapes (a CUDA
+    graph replay dispatches no operators for a counter to see; bf16 does the same FLOPs)."""
+    plain = dataclasses.replace(config, bf16=False, compile=False, cuda_graphs=False)
+    trainer = ABPTrainer(copy.deepcopy(generator), data, plain, device=device)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_epoch()
+    return counter.get_total_flops()
 
 
 def check_same_result(device: torch.device) -> float:
@@ -160,16 +182,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--speedups", nargs="*", choices=["channels_last", "bf16", "compile"],
-                        help="ours with these switches (default: channels_last on the CPU, "
-                             "channels_last and bf16 on CUDA; none if given empty)")
+    parser.add_argument("--repeats", type=int, help="timed runs after a warm-up "
+                        "(default: 5 on CUDA, 2 on the CPU, whose largest batch takes seconds)")
+    parser.add_argument("--speedups", nargs="*", choices=SWITCHES,
+                        help="ours with these switches (default: channels_last on the CPU; "
+                             "channels_last, bf16 and cuda_graphs on CUDA; none if given empty)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    batches = args.batch_sizes or ([64, 256, 1024] if device.type == "cuda" else [8, 32])
+    on_cuda = device.type == "cuda"
+    batches = args.batch_sizes or ([64, 256, 1024] if on_cuda else [64, 256])
+    repeats = args.repeats or (5 if on_cuda else 2)
     chosen = args.speedups if args.speedups is not None else (
-        ["channels_last", "bf16"] if device.type == "cuda" else ["channels_last"])
-    fast = {k: k in chosen for k in ("channels_last", "bf16", "compile")}
+        ["channels_last", "bf16", "cuda_graphs"] if on_cuda else ["channels_last"])
+    fast = {k: k in chosen for k in SWITCHES}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"l={LANGEVIN_STEPS}, σ={SIGMA}, s={STEP_SIZE}, ours with {fast}")
@@ -183,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for case in CASES:
         for batch in batches:
-            row = run_case(case, batch, device, args.repeats, fast)
+            row = run_case(case, batch, device, repeats, fast)
             rows.append(row)
             line = (f"{row['case']:<20} {batch:>5} {row['ours_ex_s']:>10.1f} {row['ref_ex_s']:>10.1f} "
                     f"{row['ours_chain_steps_s']:>12.0f} {row['ref_chain_steps_s']:>12.0f} "
