@@ -38,8 +38,10 @@ from abp.train import ABPConfig, ABPTrainer
 SIGMA, STEP_SIZE, LANGEVIN_STEPS, LEARNING_RATE = 0.3, 0.1, 10, 3e-4
 SWITCHES = ("channels_last", "bf16", "compile", "cuda_graphs")
 
-# Dense bf16 tensor-core peaks (TFLOP/s) of the cards we expect, by name fragment.
-BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
+# Dense bf16 tensor-core peaks (TFLOP/s) of the cards we expect, by name fragment; the first
+# fragment found in the device name wins, so the specific ones come first.
+BF16_PEAK = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0,
+             "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 
 
 @dataclass
