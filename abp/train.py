@@ -150,13 +150,12 @@ class ABPTrainer:
     def _make_langevin(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """What runs the Langevin steps for a batch of example ids: eagerly, or replayed
         from CUDA graphs of the very same code."""
-        if not self.config.cuda_graphs:
-            return lambda ids: self.langevin_on(ids, self.rng)
-        if self.device.type != "cuda":
+        if self.config.cuda_graphs and self.device.type == "cuda":
+            return CUDAGraphed(self.langevin_on, self.rng)
+        if self.config.cuda_graphs:
             warnings.warn(f"cuda_graphs is on but training runs on {self.device}: "
                           "running the Langevin loop without CUDA graphs", stacklevel=3)
-            return lambda ids: self.langevin_on(ids, self.rng)
-        return CUDAGraphed(self.langevin_on, self.rng)
+        return lambda ids: self.langevin_on(ids, self.rng)
 
     def langevin_on(self, ids: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """Inferential back-prop for the training examples `ids`, starting from their

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = args.speedups if args.speedups is not None else (
         ["channels_last", "bf16", "cuda_graphs"] if on_cuda else ["channels_last"])
     fast = {k: k in chosen for k in SWITCHES}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = torch.cuda.get_device_name(device) if on_cuda else "CPU"
     print(f"device: {name} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"l={LANGEVIN_STEPS}, σ={SIGMA}, s={STEP_SIZE}, ours with {fast}")
     print(f"same iteration check: max |W_ours − W_reference| = {check_same_result(device):.2e}")
