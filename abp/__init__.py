@@ -16,10 +16,11 @@ from abp.langevin import infer, reconstruct
 from abp.models import (AudioGenerator, Generator, ImageGenerator, LinearGenerator,
                         TextureGenerator, VideoGenerator, build_generator, face_generator)
 from abp.observe import Identity, LocalAverage, Mask, Observation, Projection
-from abp.train import ABPConfig, ABPTrainer, Checkpointer, LatentBank
+from abp.train import ABPConfig, ABPTrainer, Checkpointer, DivergenceError, LatentBank
 
 __all__ = [
-    "ABPConfig", "ABPTrainer", "AudioGenerator", "Checkpointer", "Generator", "Identity",
+    "ABPConfig", "ABPTrainer", "AudioGenerator", "Checkpointer", "DivergenceError", "Generator",
+    "Identity",
     "ImageGenerator", "LatentBank", "LinearGenerator", "LocalAverage", "Mask", "Observation",
     "Projection", "TextureGenerator", "VideoGenerator", "build_generator", "energy",
     "face_generator", "infer", "reconstruct",

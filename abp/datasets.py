@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from abp.files import partial_prefix, remove_stale_partials
 from abp.observe import Identity, Mask, Observation
 from abp.variants import operator_from_spec
 
@@ -61,7 +62,8 @@ def write_prepared(folder: Path, splits: dict[str, dict[str, torch.Tensor]],
     """Write the split files and the manifest (with each file's sha256) atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    remove_stale_partials(folder.parent)  # what a killed preparation left behind
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=partial_prefix(folder)))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the data set is not
         files = {}
@@ -69,9 +71,9 @@ def write_prepared(folder: Path, splits: dict[str, dict[str, torch.Tensor]],
             torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{split}.pt")
             files[f"{split}.pt"] = sha256_files([tmp / f"{split}.pt"])
         manifest = {**manifest, "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=partial_prefix(folder)))
             os.replace(folder, old / folder.name)
             os.replace(tmp, folder)
             shutil.rmtree(old)

@@ -1,12 +1,27 @@
-"""Writing files so that a crash never leaves a truncated one under the final name."""
+"""Writing files so that a crash never leaves a truncated one under the final name, and
+clearing away what a killed writer left behind.
+
+A temporary file or folder is named `.<final name>.partial-<pid>-<random>`: the writer's
+process id in the name tells a later run whether its writer is still alive, so the
+leftovers of a killed write (SIGKILL gives no chance to clean up) are removed on the next
+run without ever touching a write in progress.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+PARTIAL = re.compile(r"^\..+\.partial-(\d+)-[^/]+$")
+
+
+def partial_prefix(path: Path) -> str:
+    return f".{path.name}.partial-{os.getpid()}-"
 
 
 @contextmanager
@@ -15,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     onto `path` (an atomic replace), otherwise it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_prefix(path))
     os.close(handle)
     try:
         yield Path(tmp)
@@ -24,3 +39,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders in `folder` (not below it) whose writer is no
+    longer running; return what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = PARTIAL.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

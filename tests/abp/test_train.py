@@ -8,7 +8,7 @@ from skimage import data as skimage_data
 from abp.langevin import reconstruct
 from abp.models import ImageGenerator, LinearGenerator
 from abp.observe import Mask
-from abp.train import ABPConfig, ABPTrainer, Checkpointer
+from abp.train import ABPConfig, ABPTrainer, Checkpointer, DivergenceError, risky_settings
 
 
 def principal_angles_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -140,3 +140,78 @@ def test_config_rejects_bad_values():
         ABPConfig(sigma=0)
     with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):
         ABPConfig(optimizer="rmsprop")
+
+
+def linear_trainer(data: torch.Tensor, **config) -> ABPTrainer:
+    torch.manual_seed(1)
+    settings = dict(sigma=0.3, step_size=0.1, langevin_steps=3, batch_size=8, seed=3)
+    return ABPTrainer(LinearGenerator(4, data.shape[1]), data,
+                      ABPConfig(**{**settings, **config}), device="cpu")
+
+
+@pytest.mark.parametrize("make, change, cause, setting", [
+    # s²/(2σ²) ≈ 1.4e4: the chains blow up in the first batch
+    (small_image_trainer, {"step_size": 50.0}, "langevin", "step_size"),
+    # finite but astronomically large latents (the tanh output hides them from the data term)
+    (small_image_trainer, {"sigma": 1e-6}, "langevin", "step_size"),
+    # SGD at lr 10 makes W so steep that the (nominally small) Langevin step overshoots
+    (linear_trainer, {"optimizer": "sgd", "learning_rate": 10.0}, "langevin", "learning_rate"),
+])
+def test_divergence_stops_before_the_callbacks_with_a_diagnosis(tmp_path, make, change, cause,
+                                                                setting):
+    data = torch.rand(24, 1, 8, 8) * 2 - 1
+    trainer = make(data if make is small_image_trainer else data.flatten(1), **change)
+    saved = []
+    with pytest.raises(DivergenceError) as caught:
+        trainer.fit(epochs=6, callbacks=[Checkpointer(tmp_path / "ckpt.pt"),
+                                         lambda t, stats: saved.append(t.epoch)])
+    error = caught.value
+    assert (error.cause, error.setting) == (cause, setting)
+    assert error.epoch == len(saved) + 1
+    assert trainer.epoch == len(saved) and len(trainer.history) == len(saved)
+    message = str(error)
+    assert f"diverged at epoch {error.epoch}, batch {error.batch + 1} of 3" in message
+    first = message.index("Look first at")
+    assert message.index(setting, first) < message.index("then at") < message.index(
+        "learning_rate" if setting == "step_size" else "step_size", first)
+    if saved:  # the checkpoint on disk is the last good epoch's, finite
+        state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+        assert state["epoch"] == saved[-1]
+        assert all(torch.isfinite(v).all() for v in state["generator"].values())
+
+
+def test_energy_running_away_is_divergence_even_while_finite():
+    data = torch.rand(24, 1, 8, 8) * 2 - 1
+    trainer = small_image_trainer(data)
+    trainer.fit(epochs=1)
+    trainer.history[-1]["energy"] /= 1000  # as if the first epoch had been far better
+    with pytest.raises(DivergenceError, match="energy rose .*-fold above its lowest"):
+        trainer.fit(epochs=2)
+    assert trainer.epoch == 1
+
+
+def test_a_good_run_is_not_called_divergent():
+    data = torch.rand(24, 1, 8, 8) * 2 - 1
+    trainer = small_image_trainer(data)
+    trainer.fit(epochs=8)
+    assert trainer.epoch == 8
+
+
+def test_a_retry_may_resume_with_a_lower_step_size_or_learning_rate(tmp_path):
+    data = torch.rand(16, 1, 8, 8) * 2 - 1
+    trainer = small_image_trainer(data, learning_rate=0.01)
+    trainer.fit(epochs=1)
+    path = trainer.save_checkpoint(tmp_path / "ckpt.pt")
+    state = torch.load(path, weights_only=True)
+    with pytest.raises(ValueError, match="other settings"):
+        small_image_trainer(data, learning_rate=0.005).load_state_dict(state)
+    retried = small_image_trainer(data, learning_rate=0.005, step_size=0.05)
+    retried.load_state_dict(state, retuned=("step_size", "learning_rate"))
+    assert [g["lr"] for g in retried.optimizer.param_groups] == [0.005]
+    assert retried.epoch == 1
+
+
+def test_risky_settings_are_named():
+    assert risky_settings(ABPConfig()) == []
+    found = " ".join(risky_settings(ABPConfig(step_size=50, learning_rate=100)))
+    assert "step_size 50 is large for sigma 0.3" in found and "learning_rate 100" in found
