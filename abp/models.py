@@ -12,6 +12,7 @@ whatever the batch size (see `abp.langevin`).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Sequence
 
 import torch
@@ -37,6 +38,26 @@ class Generator(nn.Module):
                latent_shape: Sequence[int] | None = None) -> torch.Tensor:
         """Signals g(z) for n latents drawn from the prior."""
         return self(self.sample_latent(n, rng=rng, latent_shape=latent_shape))
+
+
+def _check_sizes(**sizes: Any) -> None:
+    """Each size must be a whole number ≥ 1 (a bool is not a size, though Python counts it
+    as an int: YAML's `true` would otherwise build a network of width 1)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be ≥ 1, got {value}")
+
+
+def _check_widths(widths: Any, *, at_least_one: bool) -> tuple[int, ...]:
+    """The channel counts as a tuple of ints, each ≥ 1."""
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        raise ValueError(f"widths must be a list of channel counts, got {widths!r}")
+    if at_least_one and not widths:
+        raise ValueError("widths must list at least one channel count")
+    _check_sizes(**{f"widths[{i}]": w for i, w in enumerate(widths)})
+    return tuple(int(w) for w in widths)
 
 
 def _default_widths(n_layers: int, width: int, max_width: int = 512) -> tuple[int, ...]:
@@ -67,10 +88,12 @@ class ImageGenerator(Generator):
     def __init__(self, latent_dim: int = 100, image_size: int = 64, channels: int = 3,
                  widths: Sequence[int] | None = None, width: int = 64):
         super().__init__()
+        _check_sizes(latent_dim=latent_dim, image_size=image_size, channels=channels)
         if widths is None:
+            _check_sizes(width=width)
             n_layers = max(1, round(math.log2(image_size / 4)))
             widths = _default_widths(n_layers, width)
-        widths = tuple(int(w) for w in widths)
+        widths = _check_widths(widths, at_least_one=True)
         base, remainder = divmod(image_size, 2 ** len(widths))
         if remainder or base < 1:
             raise ValueError(f"image_size={image_size} is not base·2^{len(widths)} for the "
@@ -108,7 +131,8 @@ class TextureGenerator(Generator):
     def __init__(self, latent_channels: int = 4, latent_size: int = 7, channels: int = 3,
                  widths: Sequence[int] = (256, 128, 64, 32)):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
+        _check_sizes(latent_channels=latent_channels, latent_size=latent_size, channels=channels)
+        widths = _check_widths(widths, at_least_one=False)  # none: a single layer
         self.latent_shape = (latent_channels, latent_size, latent_size)
         self.config = dict(kind=self.kind, latent_channels=latent_channels,
                            latent_size=latent_size, channels=channels, widths=list(widths))
@@ -133,10 +157,14 @@ class VideoGenerator(Generator):
                  channels: int = 3, widths: Sequence[int] = (128, 64, 32),
                  temporal_layers: int = 2):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if not 0 <= temporal_layers <= len(widths) + 1:
-            raise ValueError(f"temporal_layers={temporal_layers} must be between 0 and the "
-                             f"number of layers, len(widths) + 1 = {len(widths) + 1}")
+        _check_sizes(latent_channels=latent_channels, latent_frames=latent_frames,
+                     latent_size=latent_size, channels=channels)
+        widths = _check_widths(widths, at_least_one=False)  # none: a single layer
+        if (isinstance(temporal_layers, bool) or not isinstance(temporal_layers, numbers.Integral)
+                or not 0 <= temporal_layers <= len(widths) + 1):
+            raise ValueError(f"temporal_layers={temporal_layers!r} must be a whole number "
+                             f"between 0 and the number of layers, len(widths) + 1 = "
+                             f"{len(widths) + 1}")
         self.latent_shape = (latent_channels, latent_frames, latent_size, latent_size)
         self.config = dict(kind=self.kind, latent_channels=latent_channels,
                            latent_frames=latent_frames, latent_size=latent_size,
@@ -169,9 +197,12 @@ class AudioGenerator(Generator):
     def __init__(self, latent_channels: int = 16, latent_length: int = 16,
                  widths: Sequence[int] = (128, 64, 32), stride: int = 4, channels: int = 1):
         super().__init__()
-        if stride < 2 or stride % 2:
-            raise ValueError(f"stride={stride} must be an even number ≥ 2")
-        widths = tuple(int(w) for w in widths)
+        _check_sizes(latent_channels=latent_channels, latent_length=latent_length,
+                     channels=channels)
+        if (isinstance(stride, bool) or not isinstance(stride, numbers.Integral)
+                or stride < 2 or stride % 2):
+            raise ValueError(f"stride={stride!r} must be an even number ≥ 2")
+        widths = _check_widths(widths, at_least_one=False)  # none: a single layer
         self.latent_shape = (latent_channels, latent_length)
         self.config = dict(kind=self.kind, latent_channels=latent_channels,
                            latent_length=latent_length, widths=list(widths), stride=stride,
@@ -191,7 +222,15 @@ class LinearGenerator(Generator):
 
     def __init__(self, latent_dim: int, output_shape: Sequence[int] | int):
         super().__init__()
-        output_shape = (output_shape,) if isinstance(output_shape, int) else tuple(output_shape)
+        _check_sizes(latent_dim=latent_dim)
+        if isinstance(output_shape, numbers.Integral) and not isinstance(output_shape, bool):
+            output_shape = (output_shape,)
+        if (isinstance(output_shape, (str, bytes)) or not isinstance(output_shape, Sequence)
+                or not output_shape):
+            raise ValueError("output_shape must be a size or a list of sizes, "
+                             f"got {output_shape!r}")
+        _check_sizes(**{f"output_shape[{i}]": s for i, s in enumerate(output_shape)})
+        output_shape = tuple(int(s) for s in output_shape)
         self.latent_shape = (latent_dim,)
         self.output_shape = output_shape
         self.config = dict(kind=self.kind, latent_dim=latent_dim,

@@ -12,7 +12,7 @@ Images are N×C×H×W, clips N×C×T×H×W, audio N×1×L.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -24,6 +24,73 @@ def signal_kind(x: torch.Tensor) -> str:
     return {3: "audio", 4: "image", 5: "video"}[x.dim()]
 
 
+class UnfitSetting(ValueError):
+    """A variant setting that does not fit the data it is applied to. `key` names the
+    setting, so that the caller can point at it in the params file."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _kind_of_shape(signal_shape: Sequence[int]) -> str:
+    return {2: "audio", 3: "image", 4: "video"}[len(signal_shape)]
+
+
+def _fits_at_64(size: int, side: int, largest: int) -> bool:
+    return size >= 1 and masks.scaled_to(size, side) <= largest
+
+
+def _range_at_64(side: int, largest: int) -> str:
+    """The sizes on the 64×64 scale that come out between 1 and `largest` at this side."""
+    fitting = [s for s in range(1, 65) if _fits_at_64(s, side, largest)]
+    return f"from 1 to {fitting[-1]}" if fitting else "none (the signals are too small)"
+
+
+def check_occlusion(signal_shape: Sequence[int], *, pattern: str,
+                    hidden_fraction: float | None = None, block: int | None = None,
+                    side: int | None = None) -> None:
+    """Raise UnfitSetting (naming the setting, with the value given and what would fit) unless
+    the occlusion can be drawn on signals of this shape (one example: C×H×W, C×T×H×W, C×L)."""
+    need = {"salt_pepper": ("image", "hidden_fraction", "block"), "square": ("image", "side"),
+            "missing_frames": ("video", "hidden_fraction"),
+            "frame_occlusion": ("video", "hidden_fraction", "block"),
+            "missing_segments": ("audio", "hidden_fraction", "block")}
+    if pattern not in need:
+        raise UnfitSetting("pattern", f"unknown occlusion pattern {pattern!r}; choose one of "
+                           + ", ".join(need))
+    kind = _kind_of_shape(signal_shape)
+    expected_kind, *keys = need[pattern]
+    if kind != expected_kind:
+        raise UnfitSetting("pattern", f"occlusion pattern {pattern!r} is for {expected_kind} "
+                           f"data, but this data set holds {kind}")
+    given = {"hidden_fraction": hidden_fraction, "block": block, "side": side}
+    missing = [k for k in keys if given[k] is None]
+    if missing:
+        raise UnfitSetting(missing[0], f"occlusion pattern {pattern!r} needs " + " and ".join(keys))
+    if pattern == "missing_frames":
+        if signal_shape[1] < 2:
+            raise UnfitSetting("pattern", "missing frames need clips of at least 2 frames, but "
+                               "this data set has clips of 1 frame")
+        return
+    if pattern == "missing_segments":
+        length = signal_shape[-1]
+        if not 1 <= block < length:
+            raise UnfitSetting("block", f"{block} does not fit clips of {length} samples: a "
+                               f"segment as long as the clip would hide everything; use a block "
+                               f"from 1 to {length - 1}")
+        return
+    height, width = signal_shape[-2:]
+    largest = min(height, width) - 1  # one pixel more and a single square hides everything
+    key, size = ("side", side) if pattern == "square" else ("block", block)
+    if not _fits_at_64(size, width, largest):
+        raise UnfitSetting(key, f"{size} does not fit these {height}×{width} "
+                           f"{'images' if kind == 'image' else 'frames'}: sizes are given on the "
+                           f"64×64 scale, so {size} is {masks.scaled_to(size, width)} here, and a "
+                           f"square that large would hide everything; use a {key} "
+                           f"{_range_at_64(width, largest)}")
+
+
 def occlusion_mask(x: torch.Tensor, *, pattern: str, rng: torch.Generator,
                    hidden_fraction: float | None = None, block: int | None = None,
                    side: int | None = None) -> torch.Tensor:
@@ -33,20 +100,9 @@ def occlusion_mask(x: torch.Tensor, *, pattern: str, rng: torch.Generator,
     the actual size), "square", "missing_frames" and "frame_occlusion" (video),
     "missing_segments" (audio; `block` in samples).
     """
-    kind, n = signal_kind(x), x.shape[0]
-    need = {"salt_pepper": ("image", hidden_fraction, block), "square": ("image", side, side),
-            "missing_frames": ("video", hidden_fraction, 1),
-            "frame_occlusion": ("video", hidden_fraction, block),
-            "missing_segments": ("audio", hidden_fraction, block)}
-    if pattern not in need:
-        raise ValueError(f"unknown occlusion pattern {pattern!r}; choose one of {', '.join(need)}")
-    expected_kind, *settings = need[pattern]
-    if kind != expected_kind:
-        raise ValueError(f"occlusion pattern {pattern!r} is for {expected_kind} data, "
-                         f"but this data set holds {kind}")
-    if any(s is None for s in settings):
-        raise ValueError(f"occlusion pattern {pattern!r} needs "
-                         + {"square": "side"}.get(pattern, "hidden_fraction and block"))
+    check_occlusion(x.shape[1:], pattern=pattern, hidden_fraction=hidden_fraction, block=block,
+                    side=side)
+    n = x.shape[0]
     if pattern == "salt_pepper":
         return masks.block_occlusion(n, x.shape[2:], block=masks.scaled_to(block, x.shape[-1]),
                                      hidden_fraction=hidden_fraction, rng=rng)
@@ -61,23 +117,43 @@ def occlusion_mask(x: torch.Tensor, *, pattern: str, rng: torch.Generator,
                                  rng=rng)
 
 
+def check_measurement(signal_shape: Sequence[int], *, operator: str,
+                      ratio: float | None = None, block: int | None = None) -> None:
+    """Raise UnfitSetting unless the compression operator can measure signals of this shape."""
+    if operator == "gaussian":
+        if ratio is None or not 0 < ratio < 1:
+            raise UnfitSetting("ratio", f"a gaussian projection needs a ratio in (0, 1), "
+                               f"got {ratio}")
+        return
+    if operator != "local_average":
+        raise UnfitSetting("operator", f"unknown compression operator {operator!r}; choose "
+                           "gaussian or local_average")
+    if block is None or block < 2:
+        raise UnfitSetting("block", f"local averaging needs a block ≥ 2, got {block}")
+    sides = list(signal_shape[-1:] if _kind_of_shape(signal_shape) == "audio"
+                 else signal_shape[-2:])
+    if any(side % block for side in sides):
+        common = math.gcd(*sides)
+        fitting = [b for b in range(2, common + 1) if common % b == 0]
+        what = (f"clips of {sides[0]} samples" if len(sides) == 1
+                else f"{sides[0]}×{sides[1]} images")
+        raise UnfitSetting("block", f"{block} does not cut {what} into whole blocks; use "
+                           + (f"one of {', '.join(map(str, fitting))}" if fitting else
+                              "the gaussian operator (no block ≥ 2 divides these sides)"))
+
+
 def measurement_spec(x: torch.Tensor, *, operator: str, ratio: float | None = None,
                      block: int | None = None, seed: int = 0) -> dict[str, Any]:
     """The spec of a compression operator for signals shaped like x[0]."""
     signal_shape = list(x.shape[1:])
+    check_measurement(signal_shape, operator=operator, ratio=ratio, block=block)
     if operator == "gaussian":
-        if ratio is None or not 0 < ratio < 1:
-            raise ValueError(f"a gaussian projection needs a ratio in (0, 1), got {ratio}")
         n_measurements = max(1, round(ratio * math.prod(signal_shape)))
         return {"kind": "gaussian", "n_measurements": n_measurements,
                 "signal_shape": signal_shape, "seed": seed}
-    if operator == "local_average":
-        if block is None or block < 2:
-            raise ValueError(f"local averaging needs a block ≥ 2, got {block}")
-        n_dims = 1 if signal_kind(x) == "audio" else 2
-        return {"kind": "local_average", "block": block, "n_dims": n_dims,
-                "signal_shape": signal_shape}
-    raise ValueError(f"unknown compression operator {operator!r}; choose gaussian or local_average")
+    n_dims = 1 if signal_kind(x) == "audio" else 2
+    return {"kind": "local_average", "block": block, "n_dims": n_dims,
+            "signal_shape": signal_shape}
 
 
 def operator_from_spec(spec: dict[str, Any]) -> Observation:
@@ -89,14 +165,23 @@ def operator_from_spec(spec: dict[str, Any]) -> Observation:
     raise ValueError(f"unknown operator kind {spec['kind']!r}")
 
 
+def check_subsample(signal_shape: Sequence[int], *, frame_step: int = 1,
+                    sample_step: int = 1) -> None:
+    """Raise UnfitSetting unless the steps apply to signals of this shape."""
+    kind = _kind_of_shape(signal_shape)
+    if frame_step > 1 and kind != "video":
+        raise UnfitSetting("frame_step", f"frame_step applies to video clips only, but this "
+                           f"data set holds {kind}")
+    if sample_step > 1 and kind != "audio":
+        raise UnfitSetting("sample_step", f"sample_step applies to audio clips only, but this "
+                           f"data set holds {kind}")
+
+
 def subsample(x: torch.Tensor, *, frame_step: int = 1, sample_step: int = 1) -> torch.Tensor:
     """Every k-th frame of each clip (video) or every k-th sample (audio)."""
+    check_subsample(x.shape[1:], frame_step=frame_step, sample_step=sample_step)
     if frame_step > 1:
-        if signal_kind(x) != "video":
-            raise ValueError("frame_step applies to video clips only")
         x = x[:, :, ::frame_step]
     if sample_step > 1:
-        if signal_kind(x) != "audio":
-            raise ValueError("sample_step applies to audio clips only")
         x = x[..., ::sample_step]
     return x.contiguous()

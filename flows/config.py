@@ -1,16 +1,18 @@
 """params.yaml, read into typed and validated settings at the edge of the pipeline.
 
-Every error names the params.yaml key and what is wrong, and is raised before any work.
+Every error names the params file actually read (params.yaml unless `--params` says
+otherwise), the key and what is wrong, one line per problem, and is raised before any work.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
                       field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from abp.sources.bundled import BUNDLED_FILES, BUNDLED_IMAGES
 
@@ -19,12 +21,53 @@ BUNDLED = "bundled:"
 
 
 class ConfigError(ValueError):
-    """A params.yaml value that cannot be used; the message names the key."""
+    """A params file value that cannot be used; the message names the file and the key."""
+
+
+BOOL_FOR_NUMBER = "bool_for_number"
+
+
+def _admits(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's type (through unions, Literal values, Optional) takes one of kinds."""
+    if annotation is Any:
+        return True
+    if get_origin(annotation) is Literal:
+        return any(type(value) in kinds for value in get_args(annotation))
+    if isinstance(annotation, type) and annotation in kinds:
+        return True
+    return any(_admits(arg, kinds) for arg in get_args(annotation))
 
 
 class Strict(BaseModel):
-    # Unknown keys are typos: reject them instead of silently ignoring a setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos: reject them instead of silently ignoring a setting. No inf or
+    # nan: YAML's .inf and .nan would pass every bound (sigma: .inf > 0) and poison training.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_bool_for_number(cls, data: Any, handler: Any) -> Any:
+        # Lax mode reads YAML's `true` as 1 for an int or float field (epochs: true would
+        # train one epoch); a field declared bool keeps its bools. A model validator rather
+        # than a field validator for "*": pydantic allows no field validator on the `kind`
+        # tags of the discriminated unions.
+        refused = [InitErrorDetails(type=PydanticCustomError(
+                       BOOL_FOR_NUMBER, "expected a number, got {value}",
+                       {"value": str(value).lower()}), loc=(key,), input=value)
+                   for key, value in (data.items() if isinstance(data, dict) else ())
+                   if isinstance(value, bool) and key in cls.model_fields
+                   and _admits(cls.model_fields[key].annotation, (int, float))
+                   and not _admits(cls.model_fields[key].annotation, (bool,))]
+        if not refused:
+            return handler(data)
+        try:  # report the other problems too, one line each
+            handler(data)
+            others = []
+        except ValidationError as error:
+            keys = {r["loc"] for r in refused}
+            others = [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]),
+                                       loc=e["loc"], input=e.get("input"))
+                      for e in error.errors() if e["loc"][:1] not in keys]
+        raise ValidationError.from_exception_data(cls.__name__, refused + others)
 
 
 def _check_source(source: str, allowed: tuple[str, ...], what: str) -> str:
@@ -172,7 +215,9 @@ def _validate(adapter: TypeAdapter, raw: Any, key: str, path: Path):
             if loc and isinstance(raw, dict) and loc[0] == str(raw.get("kind")):
                 loc = loc[1:]
             where = ".".join([key, *loc])
-            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+            shown = ("input" in e and not isinstance(e["input"], dict)
+                     and e["type"] != BOOL_FOR_NUMBER)  # that message shows the value
+            got = f" (got {e['input']!r})" if shown else ""
             problems.append(f"{path}: {where}: {e['msg']}{got}")
         raise ConfigError("\n".join(problems)) from None
 
@@ -246,6 +291,9 @@ class TrainingSettings(Strict):
     init_seed: int = 0  # seeds the generator's initial weights
     checkpoint_every: int = Field(5, ge=1)
     media_every: int = Field(10, ge=1)
+    # On divergence, continue this many times from the last good checkpoint with the suspect
+    # setting (step_size or learning_rate) halved; 0: stop with the diagnosis.
+    divergence_retries: int = Field(0, ge=0)
 
 
 class ExperimentConfig(Strict):
@@ -263,7 +311,7 @@ _EXPERIMENT = TypeAdapter(ExperimentConfig)
 
 
 def experiment_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE) -> ExperimentConfig:
-    """The validated settings of the experiment `name` (params.yaml: experiments.<name>)."""
+    """The validated settings of the experiment `name` (params file: experiments.<name>)."""
     experiments = _section(params, "experiments", path)
     if name not in experiments:
         raise ConfigError(f"{path}: no experiment named {name!r} under experiments "
@@ -277,7 +325,7 @@ def experiment_config(name: str, params: dict[str, Any], path: Path = PARAMS_FIL
 
 
 class ScheduleConfig(Strict):
-    """When the served deployment retrains (params.yaml: schedule)."""
+    """When the served deployment retrains (params file: schedule)."""
     cron: str
     timezone: str = "UTC"
     targets: list[str] = []

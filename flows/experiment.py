@@ -39,6 +39,7 @@ class Experiment:
     data_folder: Path
     model_folder: Path
     report_folder: Path
+    params_file: Path = Path("params.yaml")
 
     @property
     def kind(self) -> str:
@@ -73,11 +74,11 @@ class Experiment:
         try:
             generator = build_generator(self.generator_config())
         except (TypeError, ValueError) as error:
-            raise ConfigError(f"params.yaml: {key}: {error}") from None
+            raise ConfigError(f"{self.params_file}: {key}: {error}") from None
         with torch.no_grad():
             made = list(generator(generator.sample_latent(1)).shape[1:])
         if made != self.signal_shape:
-            raise ConfigError(f"params.yaml: {key}: the generator makes signals of shape {made}, "
+            raise ConfigError(f"{self.params_file}: {key}: the generator makes signals of shape {made}, "
                               f"but {self.cfg.dataset} holds {self.signal_shape}; change its sizes")
         return generator
 
@@ -101,12 +102,16 @@ def load_experiment(name: str, params_file: Path = Path("params.yaml"),
     cfg = experiment_config(name, load_params(params_file), params_file)
     folder = Path(prepared_root) / cfg.dataset
     return Experiment(name, cfg, datasets.read_manifest(folder), folder,
-                      Path(models_root) / name, Path(reports_root) / "experiments" / name)
+                      Path(models_root) / name, Path(reports_root) / "experiments" / name,
+                      Path(params_file))
 
 
 def write_json(path: Path, content: Any) -> Path:
+    """Strict JSON (a NaN or infinity is an error, never a bare `NaN` in the file),
+    written atomically."""
+    text = json.dumps(content, indent=2, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        tmp.write_text(text)
     return path
 
 

@@ -66,3 +66,42 @@ def test_bad_generator_settings_are_explained():
         build_generator({"kind": "gan"})
     with pytest.raises(ValueError, match="stride=3"):
         AudioGenerator(stride=3)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ImageGenerator(latent_dim=4, image_size=16, widths=[]),
+     "widths must list at least one channel count"),
+    (lambda: ImageGenerator(latent_dim=4, image_size=16, widths=(8, 0)),
+     r"widths\[1\] must be ≥ 1, got 0"),
+    (lambda: ImageGenerator(latent_dim=4, image_size=16, widths=8),
+     "widths must be a list of channel counts, got 8"),
+    (lambda: ImageGenerator(latent_dim=4, image_size=16, widths=(8, 4.5)),
+     r"widths\[1\] must be a whole number ≥ 1, got 4.5"),
+    (lambda: ImageGenerator(latent_dim=0, image_size=16), "latent_dim must be ≥ 1, got 0"),
+    (lambda: ImageGenerator(latent_dim=True, image_size=16),
+     "latent_dim must be a whole number ≥ 1, got True"),
+    (lambda: ImageGenerator(latent_dim=4, image_size=16, channels=0),
+     "channels must be ≥ 1, got 0"),
+    (lambda: ImageGenerator(latent_dim=4, image_size=16, width=0), "width must be ≥ 1, got 0"),
+    (lambda: TextureGenerator(latent_channels=0), "latent_channels must be ≥ 1, got 0"),
+    (lambda: TextureGenerator(latent_size=-1), "latent_size must be ≥ 1, got -1"),
+    (lambda: VideoGenerator(latent_frames=0), "latent_frames must be ≥ 1, got 0"),
+    (lambda: VideoGenerator(temporal_layers=True), "temporal_layers=True must be a whole number"),
+    (lambda: AudioGenerator(latent_length=0), "latent_length must be ≥ 1, got 0"),
+    (lambda: AudioGenerator(stride=float("inf")), "stride=inf must be an even number"),
+    (lambda: LinearGenerator(latent_dim=-2, output_shape=4), "latent_dim must be ≥ 1, got -2"),
+    (lambda: LinearGenerator(latent_dim=2, output_shape=[1, 0]),
+     r"output_shape\[1\] must be ≥ 1"),
+    (lambda: LinearGenerator(latent_dim=2, output_shape=[]), "output_shape must be a size"),
+])
+def test_sizes_must_be_whole_numbers_of_at_least_one(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_widths_may_be_empty_where_the_latent_map_feeds_the_last_layer():
+    # Texture, video and audio generators have len(widths) + 1 layers: no widths is one layer.
+    texture = TextureGenerator(latent_channels=2, latent_size=3, channels=1, widths=[])
+    assert texture.sample(1).shape == (1, 1, 6, 6)
+    audio = AudioGenerator(latent_channels=2, latent_length=4, widths=[], stride=2)
+    assert audio.sample(1).shape == (1, 1, 8)

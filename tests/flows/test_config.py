@@ -1,8 +1,10 @@
-"""params.yaml validation: every error names the key and what is wrong."""
+"""params.yaml validation: every error names the params file, the key and what is wrong."""
+
+from pathlib import Path
 
 import pytest
 
-from flows.config import ConfigError, dataset_config, load_params
+from flows.config import ConfigError, dataset_config, experiment_config, load_params
 
 GOOD = {
     "datasets": {"faces": {"kind": "images", "source": "bundled:lfw_faces", "image_size": 32}},
@@ -53,3 +55,65 @@ def test_unreadable_params_files_are_explained(tmp_path):
     (tmp_path / "params.yaml").write_text("datasets: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+EXPERIMENT = {"dataset": "faces", "generator": {"kind": "image"}, "abp": {},
+              "training": {"epochs": 3}}
+
+
+def with_experiment(**sections):
+    experiment = dict(EXPERIMENT)
+    for section, change in sections.items():
+        experiment[section] = {**experiment.get(section, {}), **change}
+    return {**GOOD, "experiments": {"tiny": experiment}}
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"abp": {"sigma": float("inf")}},
+     r"other.yaml: experiments.tiny.abp.sigma: Input should be a finite number \(got inf\)"),
+    ({"abp": {"learning_rate": float("nan")}},
+     r"experiments.tiny.abp.learning_rate: Input should be a finite number \(got nan\)"),
+    ({"abp": {"step_size": float("-inf")}}, r"experiments.tiny.abp.step_size: .*finite"),
+    ({"training": {"epochs": True}},
+     r"experiments.tiny.training.epochs: expected a number, got true$"),
+    ({"abp": {"batch_size": False}},
+     "experiments.tiny.abp.batch_size: expected a number, got false"),
+    ({"abp": {"inference_batch_size": True}},
+     "inference_batch_size: expected a number, got true"),
+    ({"evaluation": {"step_size": True}},
+     "experiments.tiny.evaluation.step_size: expected a number"),
+])
+def test_inf_nan_and_bools_for_numbers_are_refused(sections, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment_config("tiny", with_experiment(**sections), Path("other.yaml"))
+
+
+def test_bools_stay_bools_and_every_problem_gets_its_own_line():
+    cfg = experiment_config("tiny", with_experiment(abp={"noise": False, "bf16": True}))
+    assert cfg.abp.noise is False and cfg.abp.bf16 is True
+    with pytest.raises(ConfigError) as error:
+        experiment_config("tiny", with_experiment(training={"epochs": True, "media_every": 0}),
+                          Path("other.yaml"))
+    assert str(error.value).splitlines() == [
+        "other.yaml: experiments.tiny.training.epochs: expected a number, got true",
+        "other.yaml: experiments.tiny.training.media_every: Input should be greater than or "
+        "equal to 1 (got 0)"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"image_size": True}, "datasets.faces.image_size: expected a number, got true"),
+    ({"channels": True}, "datasets.faces.channels: expected a number, got true"),
+    ({"test_fraction": float("nan")},
+     "datasets.faces.test_fraction: Input should be a finite number"),
+])
+def test_dataset_numbers_are_finite_and_not_bools(change, message):
+    with pytest.raises(ConfigError, match=message):
+        dataset_config("faces", with_change("datasets", "faces", **change))
+    with pytest.raises(ConfigError, match="variants.faces_P50.block: expected a number, got true"):
+        dataset_config("faces_P50", with_change("variants", "faces_P50", block=True))
+
+
+def test_messages_name_the_params_file_given():
+    with pytest.raises(ConfigError, match=r"^my/params-2.yaml: datasets.faces.image_size: "):
+        dataset_config("faces", with_change("datasets", "faces", image_size=2),
+                       Path("my/params-2.yaml"))
