@@ -6,62 +6,39 @@ Without PREFECT_API_URL every flow process starts (and stops) its own temporary 
 server, which costs about 5 s per DVC stage. One server for the whole `dvc repro` saves that,
 and every flow run reports to it. If PREFECT_API_URL is already set, that server is used and
 none is started.
+
+Stopping: the command runs in its own process group and the server in its own session, both
+dying with this process (parent-death signal). On Ctrl-C or SIGTERM (or when our parent
+dies) SIGINT goes to the command's group, which is waited for up to STOP_SECONDS (DVC then
+releases its lock, the stage running gets KeyboardInterrupt) and killed if still there;
+only then is the server stopped.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from contextlib import contextmanager
-from typing import Iterator
+
+from flows.process import prefect_server, run_command, start_child, stop_group, wait_child
+
+STOP_SECONDS = 20
+
+# One implementation of "a Prefect server for a while", shared with flows.process.
+local_prefect_server = prefect_server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(api_url: str) -> bool:
+def run_in_group(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Run `argv` in its own process group, which dies with us; return its exit status
+    (128 + N when signal N ended it). Interrupted, the whole group gets SIGINT, then SIGKILL
+    after STOP_SECONDS."""
+    child = start_child(argv, env=env)
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@contextmanager
-def local_prefect_server(timeout: float = 90) -> Iterator[str]:
-    """Start `prefect server start` on 127.0.0.1 and a free port; yield its API URL."""
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(api_url):
-            if server.poll() is not None:
-                raise RuntimeError("the Prefect server exited at start: "
-                                   + server.stderr.read().decode(errors="replace")[-2000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not answer on {api_url} "
-                                   f"within {timeout:.0f} s")
-            time.sleep(0.25)
-        yield api_url
-    finally:
-        # SIGTERM to the whole session: the server and the workers it started.
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
+        code = wait_child(child)
+    except BaseException:
+        stop_group(child, timeout=STOP_SECONDS, sig=signal.SIGINT)
+        raise
+    return 128 - code if code < 0 else code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flows.local_server -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     if os.environ.get("PREFECT_API_URL"):
-        return subprocess.call(argv)
+        return run_in_group(argv)
     with local_prefect_server() as api_url:
         print(f"Prefect server on {api_url} for: {' '.join(argv)}", flush=True)
-        return subprocess.call(argv, env={**os.environ, "PREFECT_API_URL": api_url})
+        return run_in_group(argv, env={**os.environ, "PREFECT_API_URL": api_url})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -32,6 +32,7 @@ from abp.sources.video import load_video_clips
 from flows.config import (BUNDLED, PARAMS_FILE, AudioDataset, CompressedVariant, ConfigError,
                           ImageDataset, OcclusionVariant, SubsampleVariant, VideoDataset,
                           dataset_config, load_params)
+from flows.process import prefect_server_for_this_process, run_command
 
 PREPARED_ROOT = Path("data/prepared")
 
@@ -88,8 +89,33 @@ def prepare_dataset(name: str, cfg, out: Path) -> dict[str, Any]:
     return manifest
 
 
-def prepare_variant(name: str, cfg, base_folder: Path, out: Path) -> dict[str, Any]:
+VARIANTS = (OcclusionVariant, CompressedVariant, SubsampleVariant)
+
+
+def check_variant_fits(name: str, cfg, base: dict[str, Any], params_file: Path) -> None:
+    """Raise ConfigError, naming the variant's key, unless its settings fit the prepared base
+    (read from the base's manifest alone, so this runs before any flow starts)."""
+    shape = base["shapes"]["train"][1:]
+    try:
+        if isinstance(cfg, OcclusionVariant):
+            variants.check_occlusion(shape, pattern=cfg.pattern, side=cfg.side, block=cfg.block,
+                                     hidden_fraction=cfg.hidden_fraction)
+        elif isinstance(cfg, CompressedVariant):
+            variants.check_measurement(shape, operator=cfg.operator, ratio=cfg.ratio,
+                                       block=cfg.block)
+        else:
+            variants.check_subsample(shape, frame_step=cfg.frame_step,
+                                     sample_step=cfg.sample_step)
+    except variants.UnfitSetting as error:
+        raise ConfigError(f"{params_file}: variants.{name}.{error.key}: {error} (base "
+                          f"{cfg.base}: {base['kind']} data, {'×'.join(map(str, shape))} per "
+                          "example)") from None
+
+
+def prepare_variant(name: str, cfg, base_folder: Path, out: Path,
+                    params_file: Path = PARAMS_FILE) -> dict[str, Any]:
     base = datasets.read_manifest(base_folder)
+    check_variant_fits(name, cfg, base, params_file)
     splits = {s: datasets.read_split(base_folder, s) for s in datasets.SPLITS}
     rng = torch.Generator().manual_seed(cfg.seed)
     manifest: dict[str, Any] = {"name": name, "base": cfg.base, "kind": base["kind"],
@@ -104,8 +130,8 @@ def prepare_variant(name: str, cfg, base_folder: Path, out: Path) -> dict[str, A
                                            hidden_fraction=cfg.hidden_fraction,
                                            block=cfg.block, side=cfg.side)
             if not mask.flatten(1).any(1).all():
-                raise ValueError(f"variants.{name}: the mask hides every entry of some "
-                                 "examples; lower hidden_fraction or side")
+                raise ConfigError(f"{params_file}: variants.{name}: the mask hides every entry "
+                                  "of some examples; lower hidden_fraction, block or side")
             tensors["mask"] = mask
             hidden = 1 - mask.flatten(1).float().mean(1)
             coverage[split] = {"hidden_mean": float(hidden.mean()), "hidden_min": float(hidden.min()),
@@ -138,13 +164,15 @@ def prepare_variant(name: str, cfg, base_folder: Path, out: Path) -> dict[str, A
 @flow(name="prepare")
 def prepare(name: str, params_file: str = str(PARAMS_FILE),
             prepared_root: str = str(PREPARED_ROOT)) -> dict[str, Any]:
-    """Prepare the data set or variant `name` from params.yaml into <prepared_root>/<name>."""
+    """Prepare the data set or variant `name` from the params file into
+    <prepared_root>/<name>."""
     logger = get_run_logger()
     cfg = dataset_config(name, load_params(Path(params_file)), Path(params_file))
     started = time.perf_counter()
     out = Path(prepared_root) / name
-    if isinstance(cfg, (OcclusionVariant, CompressedVariant, SubsampleVariant)):
-        manifest = prepare_variant(name, cfg, Path(prepared_root) / cfg.base, out)
+    if isinstance(cfg, VARIANTS):
+        manifest = prepare_variant(name, cfg, Path(prepared_root) / cfg.base, out,
+                                   Path(params_file))
     else:
         manifest = prepare_dataset(name, cfg, out)
     logger.info("%s: %s train / %s test, shape %s, %.1f s", out, manifest["counts"]["train"],
@@ -155,14 +183,20 @@ def prepare(name: str, params_file: str = str(PARAMS_FILE),
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="a key under datasets: or variants: in params.yaml")
-    parser.add_argument("--params", default=str(PARAMS_FILE))
+    parser.add_argument("name", help="a key under datasets: or variants: in the params file")
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="the params file")
     parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
     args = parser.parse_args(argv)
     try:
-        # Validate before Prefect starts: a bad value fails at once, before any work.
-        dataset_config(args.name, load_params(Path(args.params)), Path(args.params))
-        prepare(args.name, params_file=args.params, prepared_root=args.prepared_root)
+        # Validate before Prefect starts: a bad value fails at once, before any work. A
+        # variant is checked against its prepared base's manifest too (its shapes).
+        params_file = Path(args.params)
+        cfg = dataset_config(args.name, load_params(params_file), params_file)
+        if isinstance(cfg, VARIANTS):
+            base = datasets.read_manifest(Path(args.prepared_root) / cfg.base)
+            check_variant_fits(args.name, cfg, base, params_file)
+        with prefect_server_for_this_process():
+            prepare(args.name, params_file=args.params, prepared_root=args.prepared_root)
     except (ConfigError, SourceError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -170,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

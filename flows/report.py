@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger
 
 from flows.config import ConfigError, dataset_config, experiment_config, load_params
 from flows.experiment import REPORTS_ROOT, write_json
+from flows.process import prefect_server_for_this_process, run_command
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load_params(Path(args.params))
-        report(params_file=args.params, reports_root=args.reports_root)
+        with prefect_server_for_this_process():
+            report(params_file=args.params, reports_root=args.reports_root)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -176,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

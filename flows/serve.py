@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from prefect.schedules import Cron
 
 from flows.config import ConfigError, load_params, schedule_config
 from flows.pipeline import pipeline
+from flows.process import run_command
 
 DEPLOYMENT = "retrain"
 
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: a schedule needs a Prefect server: start `prefect server start --host "
               "127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
         return 2
+    # Ctrl-C as SIGTERM, which the runner handles: it cancels the flow runs in progress (each
+    # stops its `dvc repro` group) and exits. On KeyboardInterrupt it would wait for them.
+    signal.signal(signal.SIGINT, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
     pipeline.serve(name=DEPLOYMENT, schedule=Cron(cfg.cron, timezone=cfg.timezone),
                    parameters={"targets": cfg.targets, "repo": str(Path(args.repo).resolve())},
                    description="dvc repro of the ABP pipeline on a schedule")
@@ -46,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -1,5 +1,8 @@
 """A command run beside a real local Prefect server, which is stopped afterwards."""
 
+import os
+import signal
+import subprocess
 import sys
 import urllib.request
 
@@ -28,3 +31,26 @@ def test_command_sees_a_live_server_on_loopback_which_stops_afterwards(tmp_path,
 def test_exit_status_of_the_command_is_returned(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # given: no server started
     assert main([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+
+
+CHILD = """
+import time
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("child: KeyboardInterrupt", flush=True)
+    raise SystemExit(130)
+"""
+
+
+def test_sigterm_forwards_sigint_to_the_command_and_waits_for_it():
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # no server started
+    local = subprocess.Popen([sys.executable, "-m", "flows.local_server", "--", sys.executable,
+                              "-c", CHILD], env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+    assert local.stdout.readline().strip() == "ready"
+    local.send_signal(signal.SIGTERM)  # to flows.local_server alone, not to its command
+    out, err = local.communicate(timeout=30)
+    assert "child: KeyboardInterrupt" in out  # the command's group got SIGINT, was waited for
+    assert local.returncode == 143 and err.strip() == "interrupted (SIGTERM): stopped"
