@@ -8,14 +8,26 @@ Only the main process (rank 0) of a distributed run logs.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import sqlite3
 import subprocess
+import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import mlflow
+import numpy as np
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from flows.recorder import HttpLimits, process_http_limits
 
 CHAMPION = "champion"
 
@@ -84,19 +96,134 @@ def run_link(run_id: str, experiment: str) -> str:
     return f"{base}/#/experiments/{experiment}/runs/{run_id}"
 
 
+def _as_float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...]) -> str:
+    """Log the generator into the active run as an MLflow model (pt2 format: no pickle),
+    with an input example and signature; return its model URI."""
+    generator = generator.cpu().eval()
+    example = np.zeros((2, *latent_shape), dtype=np.float32)
+    with torch.no_grad():
+        output = generator(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(generator, name="generator", input_example=example,
+                                    signature=infer_signature(example, output),
+                                    serialization_format="pt2",
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_uri
+
+
 def promote_if_better(model_name: str, version: str, heldout_error: float,
                       metric: str = "heldout_mae") -> bool:
-    """Move the `champion` alias to `version` if its held-out error beats the current
-    champion's (or there is none). The error is kept as a tag on the version."""
+    """Move the `champion` alias to `version` if its held-out error is finite and beats the
+    current champion's (or there is none, or the champion's own error is not a finite
+    number). The error is kept as a tag on the version."""
     client = MlflowClient()
     client.set_model_version_tag(model_name, version, metric, str(heldout_error))
+    if not math.isfinite(heldout_error):  # a diverged model never becomes champion
+        return False
     try:
         champion = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
         champion = None
     if champion is not None and str(champion.version) != str(version):
-        best = champion.tags.get(metric)
-        if best is not None and float(best) <= heldout_error:
+        best = _as_float(champion.tags.get(metric))
+        if best is not None and math.isfinite(best) and best <= heldout_error:
             return False
     client.set_registered_model_alias(model_name, CHAMPION, version)
     return True
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store that MLFLOW_TRACKING_URI (or the default) names cannot be used."""
+
+
+def _named(uri: str) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        return f"MLFLOW_TRACKING_URI={uri}"
+    return f"the MLflow tracking URI {uri}"
+
+
+def check_reachable(uri: str, timeout: float = 5) -> None:
+    """Raise TrackingUnavailable within about `timeout` seconds, naming what to change, when
+    no MLflow server answers an http(s) URI, or when an sqlite URI's file is not an SQLite
+    database or cannot be written. Other URIs are not checked."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(uri, timeout)
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        why = f"{uri.rstrip('/')}/health answered HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(reason, TimeoutError):
+            why = f"no answer within {timeout:g} s"
+        else:
+            why = str(reason)
+    raise TrackingUnavailable(f"{_named(uri)}: no MLflow server answers there ({why}); start "
+                              f"it, or unset MLFLOW_TRACKING_URI to record into {default_uri()}")
+
+
+def _check_sqlite(uri: str, timeout: float) -> None:
+    name = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+    if name in ("", ":memory:"):
+        return
+    path = Path(name).resolve()
+    advice = ("point MLFLOW_TRACKING_URI to another store" if _named(uri).startswith("MLFLOW")
+              else "set MLFLOW_TRACKING_URI to another store")
+    if path.is_dir():
+        raise TrackingUnavailable(f"{path} is a folder, not an SQLite database: {advice}")
+    if path.exists():
+        try:
+            with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+            db.close()
+        except sqlite3.OperationalError as error:
+            raise TrackingUnavailable(f"{path} cannot be opened ({error}): {advice}") from None
+        except sqlite3.DatabaseError as error:
+            raise TrackingUnavailable(f"{path} is not an SQLite database ({error}): move it "
+                                      "aside or set MLFLOW_TRACKING_URI") from None
+        try:  # really try: a permission check says yes to root, and knows no read-only mount
+            with open(path, "r+b"):
+                pass
+        except OSError as error:
+            raise TrackingUnavailable(f"{path} is read-only ({error.strerror}): make it "
+                                      f"writable or {advice}") from None
+    if not path.parent.is_dir():
+        raise TrackingUnavailable(f"the folder {path.parent} of {path} does not exist: create "
+                                  f"it or {advice}")
+    try:  # SQLite writes its journal beside the database
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise TrackingUnavailable(f"the folder {path.parent} of {path} is read-only "
+                                  f"({error.strerror}); SQLite needs to write there: make it "
+                                  f"writable or {advice}") from None
+
+
+def end_run(status: str = "FINISHED", timeout: float = 5) -> None:
+    """End MLflow's active run, if any, in bounded time: each request gives up after
+    `timeout` seconds, without retries, and a server that does not answer is a warning, not
+    an error (the run leaves MLflow's stack of active runs either way; a TrackingRecorder's
+    set_terminated(status) keeps the status in its spool until the server has it)."""
+    if mlflow.active_run() is None:
+        return
+    try:
+        with process_http_limits(HttpLimits(timeout=timeout, max_retries=0)):
+            mlflow.end_run(status)
+    except Exception as error:  # noqa: BLE001 - the training is over: report, do not fail it
+        logging.getLogger(__name__).warning(
+            "MLflow at %s did not record the end of the run (%s): %s", mlflow.get_tracking_uri(),
+            status, str(error).splitlines()[0][:200])
