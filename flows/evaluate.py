@@ -25,6 +25,7 @@ beats the champion's.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
+from abp.files import remove_stale_partials
 from abp.evaluate import PCA, mean_absolute_error, pca_from_observations, recover_with_pca
 from abp.langevin import infer, reconstruct
 from abp import media
@@ -45,6 +48,7 @@ from flows import tracking
 from flows.config import ConfigError
 from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, REPORTS_ROOT, Experiment,
                               experiment_arguments, load_experiment, load_generator, write_json)
+from flows.process import prefect_server_for_this_process, run_command
 from flows.samples import write_media
 
 matplotlib.use("Agg")  # files only, no display
@@ -171,11 +175,36 @@ def latent_grid(generator, steps: int = 9, extent: float = 2.0):
         return media.image_grid(generator(z), ncol=steps)
 
 
+class UnusableModel(RuntimeError):
+    """The trained model cannot be scored: nothing is written, registered or promoted."""
+
+
+def check_finite_weights(generator: torch.nn.Module, path: Path) -> None:
+    bad = [name for name, p in generator.state_dict().items()
+           if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise UnusableModel(f"{path} has non-finite weights ({', '.join(bad[:3])}"
+                            f"{', …' if len(bad) > 3 else ''}): its training diverged. Retrain "
+                            "with the settings the training's error names; this model is "
+                            "neither scored nor registered.")
+
+
+def check_finite_metrics(metrics: dict[str, float], experiment: str) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise UnusableModel(f"evaluation of {experiment} gave non-finite errors "
+                            f"({', '.join(f'{k}={v}' for k, v in bad.items())}): metrics.json is "
+                            "not written and the model is neither registered nor promoted.")
+
+
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def record(exp: Experiment, run: dict[str, Any], metrics: dict[str, float], figures: Path) -> bool:
+def record(exp: Experiment, generator, run: dict[str, Any], metrics: dict[str, float],
+           figures: Path) -> bool:
     """Log evaluation into the training's MLflow run; register the model; maybe promote it."""
     tracking.configure()
     with mlflow.start_run(run_id=run["mlflow_run_id"]):
+        if not run.get("model_uri"):  # the tracking server was away when training ended
+            run["model_uri"] = tracking.log_model(generator, tuple(generator.latent_shape))
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(figures), artifact_path="evaluation")
         if (figures.parent / "media").is_dir():
@@ -191,18 +220,29 @@ def record(exp: Experiment, run: dict[str, Any], metrics: dict[str, float], figu
 def evaluate(experiment: str, params_file: str = "params.yaml",
              prepared_root: str = str(PREPARED_ROOT), models_root: str = str(MODELS_ROOT),
              reports_root: str = str(REPORTS_ROOT)) -> dict[str, float]:
+    try:
+        return _evaluate(experiment, params_file, prepared_root, models_root, reports_root)
+    except UnusableModel as error:  # a failed run with the reason, not a traceback in the log
+        return Failed(message=str(error), data=error)
+
+
+def _evaluate(experiment: str, params_file: str, prepared_root: str, models_root: str,
+              reports_root: str) -> dict[str, float]:
     logger = get_run_logger()
     exp = load_experiment(experiment, Path(params_file), Path(prepared_root), Path(models_root),
                           Path(reports_root))
+    remove_stale_partials(exp.report_folder)  # what a killed write left behind
     generator = load_generator(exp.model_folder).eval()
+    check_finite_weights(generator, exp.model_folder / "generator.pt")
     metrics, shown = compute_metrics(exp, generator)
+    check_finite_metrics(metrics, experiment)
     history = json.loads((exp.model_folder / "history.json").read_text())
     write_figures(exp, generator, shown, history)
     write_json(exp.report_folder / "metrics.json", metrics)
     run = json.loads((exp.model_folder / "mlflow_run.json").read_text())
     champion = False
     if tracking.is_main_process():
-        champion = record(exp, run, metrics, exp.report_folder / "figures")
+        champion = record(exp, generator, run, metrics, exp.report_folder / "figures")
     logger.info("%s: %s%s", experiment, metrics, " (new champion)" if champion else "")
     rows = "".join(f"| {k} | {v:.4f} |\n" for k, v in metrics.items())
     create_markdown_artifact(
@@ -223,13 +263,18 @@ def main(argv: list[str] | None = None) -> int:
             if not (exp.model_folder / needed).is_file():
                 raise FileNotFoundError(f"{exp.model_folder / needed} is missing: train first "
                                         f"(python -m flows.train {args.experiment})")
-        evaluate(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
-                 models_root=args.models_root, reports_root=args.reports_root)
-    except (ConfigError, FileNotFoundError) as error:
+        tracking.check_reachable(tracking.configure())
+        with prefect_server_for_this_process():
+            evaluate(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
+                     models_root=args.models_root, reports_root=args.reports_root)
+    except (ConfigError, FileNotFoundError, tracking.TrackingUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except UnusableModel as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

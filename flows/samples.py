@@ -10,8 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow
-from PIL import Image
 import torch
 
 from abp import media
@@ -40,13 +38,14 @@ def write_media(signals: torch.Tensor, kind: str, folder: Path, stem: str, *,
     raise ValueError(f"no media for kind {kind!r}")
 
 
-def log_media(signals: torch.Tensor, kind: str, key: str, step: int, **options) -> None:
-    """Log signals to the active MLflow run: images as a stepped image series, video and
-    audio as files under media/<key>/step_<step>/ (with their PNG as a stepped image)."""
+def log_media(signals: torch.Tensor, kind: str, key: str, step: int, recorder, **options) -> None:
+    """Log signals to the recorder's MLflow run (flows.recorder.TrackingRecorder): images as
+    a stepped image series, video and audio as files under media/<key>/step_<step>/ (with
+    their PNG as a stepped image)."""
     with tempfile.TemporaryDirectory() as tmp:
         files = write_media(signals, kind, Path(tmp), key, **options)
         for path in files:
             if path.suffix == ".png":
-                mlflow.log_image(Image.open(path), key=path.stem, step=step)
+                recorder.log_image(path, key=path.stem, step=step)
             else:
-                mlflow.log_artifact(str(path), artifact_path=f"media/{key}/step_{step:05d}")
+                recorder.log_artifact(path, artifact_path=f"media/{key}/step_{step:05d}")

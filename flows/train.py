@@ -7,49 +7,106 @@ reconstruction error per epoch; saves a full checkpoint every `checkpoint_every`
 models/<experiment>/checkpoints/last.pt, and a rerun after an interruption resumes from it
 (into the same MLflow run) as long as the settings and the data are unchanged. Writes the
 generator, the latent bank and the per-epoch history to models/<experiment>/.
+
+What happens when things fail (README, "What happens when things fail"):
+- a training that diverges (inf/NaN, or latents or energy running away) stops with a
+  diagnosis; the last good checkpoint stays; the MLflow run ends FAILED with the reason.
+  `training.divergence_retries: N` retries from the last good checkpoint with the culprit
+  (step size or learning rate) halved, said in the log and kept in the checkpoint;
+- the tracking server going away never stops the training: records wait in a buffer (and on
+  disk, models/<experiment>/tracking_spool/) and are sent when it is back;
+- one training per experiment folder at a time (models/<experiment>/.lock);
+- a damaged checkpoint is named, with the way out: `--restart`.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import torch
-from mlflow.models import infer_signature
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 from tqdm import tqdm
 
-from abp.train import ABPConfig, ABPTrainer, Checkpointer, default_device
+from abp.files import remove_stale_partials
+from abp.train import (ABPConfig, ABPTrainer, Checkpointer, DivergenceError, default_device,
+                       risky_settings)
 from flows import tracking
 from flows.config import ConfigError
 from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, Experiment, experiment_arguments,
                               load_experiment, save_tensor_file, write_json)
+from flows.locks import FolderLocked, exclusive
+from flows.process import prefect_server_for_this_process, run_command
+from flows.recorder import SystemMetricsSampler, TrackingRecorder, end_run
 from flows.samples import log_media
 
+# A retry after divergence halves the culprit: the step size when the chains blew up, the
+# learning rate when the weights did.
+RETRY_FACTOR = 0.5
+RETUNABLE = ("step_size", "learning_rate")
+# How long the end of a training waits for a tracking server that is away before it leaves
+# the records on disk.
+FLUSH_WAIT_SECONDS = 20
 
-def _resumable_state(path: Path, fingerprint: str, epochs: int) -> dict[str, Any] | None:
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names it and the way out."""
+
+
+def read_checkpoint(path: Path, experiment: str) -> dict[str, Any]:
+    """A full training state, loaded on the CPU (the RNG state must stay there)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"epoch", "generator", "latent_bank"} <= set(state):
+            raise ValueError("not a training checkpoint")
+    except Exception as error:  # truncated archive, garbage, refused unpickling, …
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path} cannot be read ({reason}): the checkpoint is damaged. Start {experiment} "
+            f"afresh with `python -m flows.train {experiment} --restart` (the damaged file is "
+            "kept beside it, renamed), or delete the file and run again.") from None
+    return state
+
+
+def _resumable_state(path: Path, experiment: str, fingerprint: str,
+                     epochs: int) -> dict[str, Any] | None:
     """The checkpoint's state if training can continue from it: same settings and data, and
-    not past the epochs asked for. Loaded on the CPU (the RNG state must stay there)."""
+    not past the epochs asked for."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, experiment)
     if state.get("extra", {}).get("fingerprint") != fingerprint or state["epoch"] > epochs:
         return None
     return state
 
 
+def set_aside(path: Path, label: str) -> Path:
+    """Rename a checkpoint out of the way, never deleting it: <label>-<time>.pt beside it."""
+    target = path.with_name(f"{label}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+    path.rename(target)
+    return target
+
+
+def _abp_config(exp: Experiment, retuned: dict[str, float] | None) -> ABPConfig:
+    return ABPConfig(**{**exp.cfg.abp.model_dump(), **(retuned or {})})
+
+
 class EpochRecorder:
     """Epoch callback: progress bar, MLflow metrics per epoch, sample media every N epochs
-    from one fixed latent batch (so the samples are comparable from epoch to epoch)."""
+    from one fixed latent batch (so the samples are comparable from epoch to epoch). The
+    records go through a TrackingRecorder: a tracking server that is away delays them, it
+    never stops the training."""
 
-    def __init__(self, exp: Experiment, trainer: ABPTrainer, progress: tqdm):
-        self.exp, self.progress = exp, progress
+    def __init__(self, exp: Experiment, trainer: ABPTrainer, progress: tqdm,
+                 recorder: TrackingRecorder | None):
+        self.exp, self.progress, self.recorder = exp, progress, recorder
         rng = torch.Generator(trainer.device).manual_seed(12345)
         self.fixed_z = trainer.generator.sample_latent(exp.cfg.evaluation.n_samples, rng=rng)
         self.media_options = {k: exp.manifest[k] for k in ("fps", "sample_rate") if k in exp.manifest}
@@ -58,29 +115,21 @@ class EpochRecorder:
         self.progress.update(1)
         self.progress.set_postfix(refresh=False, energy=f"{stats['energy']:.2f}",
                                   mse=f"{stats['reconstruction_mse']:.4f}")
-        if not tracking.is_main_process():
+        if self.recorder is None:
             return
-        mlflow.log_metrics({k: v for k, v in stats.items() if k != "epoch"}, step=trainer.epoch)
+        self.recorder.log_metrics({k: v for k, v in stats.items() if k != "epoch"},
+                                  step=trainer.epoch)
         training = self.exp.cfg.training
         if trainer.epoch % training.media_every == 0 or trainer.epoch == training.epochs:
             with torch.no_grad():
                 samples = trainer.generator(self.fixed_z)
-            log_media(samples, self.exp.kind, "samples", trainer.epoch, **self.media_options)
+            log_media(samples, self.exp.kind, "samples", trainer.epoch, self.recorder,
+                      **self.media_options)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...]) -> str:
-    """The generator as an MLflow model (pt2 format: no pickle), with an input example and
-    signature; returns its model URI."""
-    generator = generator.cpu().eval()
-    example = np.zeros((2, *latent_shape), dtype=np.float32)
-    with torch.no_grad():
-        output = generator(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(generator, name="generator", input_example=example,
-                                    signature=infer_signature(example, output),
-                                    serialization_format="pt2",
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    return info.model_uri
+    return tracking.log_model(generator, latent_shape)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -93,48 +142,105 @@ def log_run_start(exp: Experiment, device: torch.device) -> None:
                      "dataset_kind": exp.kind})
 
 
+def fit_with_retries(exp: Experiment, trainer: ABPTrainer, callbacks: list, saver: Checkpointer,
+                     checkpoint: Path, logger) -> ABPTrainer:
+    """trainer.fit, and on divergence, if `training.divergence_retries` allows, continue from
+    the last good checkpoint with the culprit setting halved. Returns the trainer that
+    finished (a retry builds a new one)."""
+    retries = exp.cfg.training.divergence_retries
+    for attempt in range(retries + 1):
+        try:
+            trainer.fit(exp.cfg.training.epochs, callbacks=callbacks)
+            return trainer
+        except DivergenceError as error:
+            if attempt == retries:
+                raise
+            setting = error.setting
+            retuned = {**saver.extra.get("retuned", {}),
+                       setting: getattr(trainer.config, setting) * RETRY_FACTOR}
+            state = read_checkpoint(checkpoint, exp.name)
+            trainer = ABPTrainer(exp.build_generator(), trainer.data.cpu(),
+                                 _abp_config(exp, retuned), observation=trainer.observation,
+                                 device=trainer.device)
+            trainer.load_state_dict(state, retuned=RETUNABLE)
+            saver.extra["retuned"] = retuned
+            logger.warning("%s\nRetry %d of %d: from the checkpoint at epoch %d with %s %g "
+                           "(was %g; training.divergence_retries)", error, attempt + 1, retries,
+                           trainer.epoch, setting, retuned[setting],
+                           retuned[setting] / RETRY_FACTOR)
+    raise AssertionError("unreachable")
+
+
 @flow(name="train")
 def train(experiment: str, params_file: str = "params.yaml",
           prepared_root: str = str(PREPARED_ROOT), models_root: str = str(MODELS_ROOT)) -> dict[str, Any]:
     """Train the experiment; return where its outputs are and its final statistics."""
+    try:
+        return _train(experiment, params_file, prepared_root, models_root)
+    except (DivergenceError, CheckpointError) as error:
+        # A failed run with the diagnosis as its message, not a traceback in the log; the
+        # caller of the flow gets the error itself.
+        return Failed(message=str(error), data=error)
+
+
+def _train(experiment: str, params_file: str, prepared_root: str, models_root: str) -> dict[str, Any]:
     logger = get_run_logger()
     exp = load_experiment(experiment, Path(params_file), Path(prepared_root), Path(models_root))
+    checkpoint = exp.model_folder / "checkpoints" / "last.pt"
+    fingerprint = exp.fingerprint()
+    resume = _resumable_state(checkpoint, experiment, fingerprint, exp.cfg.training.epochs)
+    if checkpoint.is_file() and not resume:
+        kept = set_aside(checkpoint, "previous")
+        logger.info("not resuming %s: it is from other settings, data or more epochs (kept as "
+                    "%s)", checkpoint, kept.name)
+    retuned = resume["extra"].get("retuned") if resume else None
     generator = exp.build_generator()
     _, y, observation = exp.split("train")
     device = default_device()
-    trainer = ABPTrainer(generator, y, ABPConfig(**exp.cfg.abp.model_dump()),
-                         observation=observation, device=device)
+    trainer = ABPTrainer(generator, y, _abp_config(exp, retuned), observation=observation,
+                         device=device)
     logger.info("training %s on %s: %d examples of shape %s, %d parameters", experiment, device,
                 len(y), exp.signal_shape, sum(p.numel() for p in generator.parameters()))
+    for warning in risky_settings(trainer.config):
+        logger.warning("experiments.%s.abp: %s", experiment, warning)
+    if retuned:
+        logger.warning("continuing with settings lowered by an earlier divergence retry: %s",
+                       retuned)
 
-    checkpoint = exp.model_folder / "checkpoints" / "last.pt"
-    fingerprint = exp.fingerprint()
-    resume = _resumable_state(checkpoint, fingerprint, exp.cfg.training.epochs)
-    if checkpoint.is_file() and not resume:
-        logger.info("not resuming %s: it is from other settings, data or more epochs", checkpoint)
     tracking.configure()
     mlflow_experiment = tracking.experiment_id(f"abp-{exp.cfg.dataset}")
     run_id = resume["extra"].get("mlflow_run_id") if resume else None
     if run_id and not tracking.run_exists(run_id):
         run_id = None  # the tracking store was reset: record the continuation as a new run
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else mlflow_experiment,
-                          run_name=None if run_id else f"{experiment}-{exp.kind}-abp",
-                          description=f"ABP on {exp.cfg.dataset} ({exp.kind}), params.yaml "
-                                      f"experiments.{experiment}",
-                          log_system_metrics=True) as run:
+    main_process = tracking.is_main_process()
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else mlflow_experiment,
+                           run_name=None if run_id else f"{experiment}-{exp.kind}-abp",
+                           description=f"ABP on {exp.cfg.dataset} ({exp.kind}), params.yaml "
+                                       f"experiments.{experiment}",
+                           log_system_metrics=False)  # MLflow's monitor stalls in outages
+    recorder = sampler = None
+    if main_process:
+        recorder = TrackingRecorder(run.info.run_id, exp.model_folder / "tracking_spool")
+        sampler = SystemMetricsSampler(recorder).start()
+    status = "FAILED"
+    try:
         if resume:
-            trainer.load_state_dict(resume)
+            trainer.load_state_dict(resume, retuned=tuple(retuned or ()))
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
         else:
             log_run_start(exp, device)
+        saver = Checkpointer(checkpoint, every=exp.cfg.training.checkpoint_every,
+                             extra={"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id,
+                                    **({"retuned": retuned} if retuned else {})})
+        if not resume:  # the state a retry after divergence in the first epochs goes back to
+            trainer.save_checkpoint(checkpoint, extra=saver.extra)
         started = time.perf_counter()
         # Off a terminal (under DVC, in CI logs) redraw rarely instead of flooding the log.
         training = exp.cfg.training
         with tqdm(total=training.epochs, initial=trainer.epoch, desc=experiment, unit="epoch",
                   file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 15) as progress:
-            saver = Checkpointer(checkpoint, every=training.checkpoint_every,
-                                 extra={"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id})
-            trainer.fit(training.epochs, callbacks=[EpochRecorder(exp, trainer, progress), saver])
+            callbacks = [EpochRecorder(exp, trainer, progress, recorder), saver]
+            trainer = fit_with_retries(exp, trainer, callbacks, saver, checkpoint, logger)
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
         seconds = time.perf_counter() - started
 
@@ -143,14 +249,35 @@ def train(experiment: str, params_file: str = "params.yaml",
                           "state_dict": trainer.generator.state_dict()}, out / "generator.pt")
         save_tensor_file(trainer.latent_bank.latents.cpu(), out / "latent_bank.pt")
         write_json(out / "history.json", trainer.history)
-        mlflow.log_artifact(str(out / "latent_bank.pt"), artifact_path="latents")
-        mlflow.log_artifact(str(out / "history.json"))
-        model_uri = log_model(trainer.generator, tuple(generator.latent_shape))
+        model_uri = None
+        if recorder is not None:
+            recorder.log_artifact(out / "latent_bank.pt", artifact_path="latents")
+            recorder.log_artifact(out / "history.json", artifact_path=None)
+            if recorder.flush(wait_seconds=FLUSH_WAIT_SECONDS):
+                model_uri = log_model(trainer.generator, tuple(generator.latent_shape))
+            else:
+                logger.warning("the tracking server is away: the generator is not logged as an "
+                               "MLflow model now (evaluation logs it when the server is back)")
         summary = {"experiment": experiment, "mlflow_run_id": run.info.run_id,
                    "mlflow_experiment_id": run.info.experiment_id, "model_uri": model_uri,
                    "device": str(device), "epochs": trainer.epoch, "train_seconds": seconds,
                    **{k: trainer.history[-1][k] for k in ("energy", "reconstruction_mse")}}
         write_json(out / "mlflow_run.json", summary)
+        status = "FINISHED"
+    except DivergenceError as error:
+        if recorder is not None:
+            recorder.set_tag("failure_reason", str(error))
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if recorder is None:
+            tracking.end_run(status)
+        else:
+            sampler.stop()
+            # The status goes after every record, kept on disk with them if the server is away.
+            end_run(recorder, status, wait_seconds=FLUSH_WAIT_SECONDS)
 
     link = tracking.run_link(run.info.run_id, run.info.experiment_id)
     create_markdown_artifact(
@@ -165,19 +292,51 @@ def train(experiment: str, params_file: str = "params.yaml",
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = experiment_arguments(__doc__.splitlines()[0]).parse_args(argv)
+def check_writable(folder: Path) -> None:
+    """Fail before any work when the model folder cannot be written (read-only, full, …)."""
     try:
-        # Settings and data are checked before Prefect or MLflow start: fail fast.
-        load_experiment(args.experiment, Path(args.params), Path(args.prepared_root),
-                        Path(args.models_root)).build_generator()
-        train(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
-              models_root=args.models_root)
-    except (ConfigError, FileNotFoundError) as error:
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder / "checkpoints", prefix=".probe-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"cannot write to {folder}: {error.strerror or error}; the training "
+                          "keeps its checkpoints and outputs there. Make it writable, or pass "
+                          "--models-root") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = experiment_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--restart", action="store_true",
+                        help="start afresh: set the checkpoint aside (renamed, kept) instead "
+                             "of resuming it, e.g. when it is damaged")
+    args = parser.parse_args(argv)
+    try:
+        # Settings, data, folders and the tracking store are checked before Prefect or
+        # MLflow start: fail fast, with the file or key named.
+        exp = load_experiment(args.experiment, Path(args.params), Path(args.prepared_root),
+                              Path(args.models_root))
+        exp.build_generator()
+        check_writable(exp.model_folder)
+        tracking.check_reachable(tracking.configure())
+        with exclusive(exp.model_folder, f"a training of {args.experiment}"):
+            for folder in (exp.model_folder, exp.model_folder / "checkpoints"):
+                remove_stale_partials(folder)  # what a killed write left behind
+            checkpoint = exp.model_folder / "checkpoints" / "last.pt"
+            if args.restart and checkpoint.is_file():
+                kept = set_aside(checkpoint, "restarted")
+                print(f"--restart: {checkpoint} set aside as {kept.name}", file=sys.stderr)
+            with prefect_server_for_this_process():
+                train(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
+                      models_root=args.models_root)
+    except (ConfigError, FileNotFoundError, FolderLocked, CheckpointError,
+            tracking.TrackingUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DivergenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)
