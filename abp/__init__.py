@@ -16,7 +16,8 @@ from abp.langevin import infer, reconstruct
 from abp.models import (AudioGenerator, Generator, ImageGenerator, LinearGenerator,
                         TextureGenerator, VideoGenerator, build_generator, face_generator)
 from abp.observe import Identity, LocalAverage, Mask, Observation, Projection
-from abp.train import ABPConfig, ABPTrainer, Checkpointer, DivergenceError, LatentBank
+from abp.divergence import DivergenceError
+from abp.train import ABPConfig, ABPTrainer, Checkpointer, LatentBank
 
 __all__ = [
     "ABPConfig", "ABPTrainer", "AudioGenerator", "Checkpointer", "DivergenceError", "Generator",

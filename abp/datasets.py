@@ -85,18 +85,35 @@ def write_prepared(folder: Path, splits: dict[str, dict[str, torch.Tensor]],
     return folder
 
 
+class DataError(ValueError):
+    """A prepared file that cannot be read; the message names it and how to remake it."""
+
+
+def _damaged(path: Path, error: Exception) -> DataError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return DataError(f"{path} cannot be read ({reason}): it is damaged. Prepare it again: "
+                     f"python -m flows.prepare {path.parent.name} (or dvc repro --force on the "
+                     "stage that writes it)")
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: prepare the data set first (dvc repro)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _damaged(path, error) from None
 
 
 def read_split(folder: Path, split: str) -> dict[str, torch.Tensor]:
     path = Path(folder) / f"{split}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: prepare the data set first (dvc repro)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated archive, garbage, refused unpickling, …
+        raise _damaged(path, error) from None
 
 
 def observations(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]

@@ -51,16 +51,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_partials(folder: str | os.PathLike, *, sole_writer: bool = False) -> list[Path]:
     """Remove the temporary files and folders in `folder` (not below it) whose writer is no
-    longer running; return what was removed."""
+    longer running; return what was removed. `sole_writer`: the caller holds the folder
+    (a lock), so every temporary there is stale, even one whose PID a new process reuses."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for entry in folder.iterdir():
         match = PARTIAL.match(entry.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or (not sole_writer and _alive(int(match.group(1)))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

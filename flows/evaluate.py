@@ -38,6 +38,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from abp.datasets import DataError
 from abp.files import remove_stale_partials
 from abp.evaluate import PCA, mean_absolute_error, pca_from_observations, recover_with_pca
 from abp.langevin import infer, reconstruct
@@ -222,7 +223,7 @@ def evaluate(experiment: str, params_file: str = "params.yaml",
              reports_root: str = str(REPORTS_ROOT)) -> dict[str, float]:
     try:
         return _evaluate(experiment, params_file, prepared_root, models_root, reports_root)
-    except UnusableModel as error:  # a failed run with the reason, not a traceback in the log
+    except (UnusableModel, DataError) as error:  # a failed run with the reason, no traceback
         return Failed(message=str(error), data=error)
 
 
@@ -232,6 +233,10 @@ def _evaluate(experiment: str, params_file: str, prepared_root: str, models_root
     exp = load_experiment(experiment, Path(params_file), Path(prepared_root), Path(models_root),
                           Path(reports_root))
     remove_stale_partials(exp.report_folder)  # what a killed write left behind
+    run = json.loads((exp.model_folder / "mlflow_run.json").read_text())
+    if run.get("retuned"):  # a retry after divergence lowered them: infer as it trained
+        exp.cfg = exp.cfg.model_copy(update={"abp": exp.cfg.abp.model_copy(update=run["retuned"])})
+        logger.info("inference with the settings a divergence retry lowered: %s", run["retuned"])
     generator = load_generator(exp.model_folder).eval()
     check_finite_weights(generator, exp.model_folder / "generator.pt")
     metrics, shown = compute_metrics(exp, generator)
@@ -239,7 +244,6 @@ def _evaluate(experiment: str, params_file: str, prepared_root: str, models_root
     history = json.loads((exp.model_folder / "history.json").read_text())
     write_figures(exp, generator, shown, history)
     write_json(exp.report_folder / "metrics.json", metrics)
-    run = json.loads((exp.model_folder / "mlflow_run.json").read_text())
     champion = False
     if tracking.is_main_process():
         champion = record(exp, generator, run, metrics, exp.report_folder / "figures")
@@ -263,11 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             if not (exp.model_folder / needed).is_file():
                 raise FileNotFoundError(f"{exp.model_folder / needed} is missing: train first "
                                         f"(python -m flows.train {args.experiment})")
+        trained = json.loads((exp.model_folder / "mlflow_run.json").read_text())
+        if trained.get("fingerprint", exp.fingerprint()) != exp.fingerprint():
+            raise ConfigError(f"{exp.model_folder} holds a model trained with other settings or "
+                              f"data than {args.params}'s experiments.{args.experiment}: train "
+                              f"it first (python -m flows.train {args.experiment})")
         tracking.check_reachable(tracking.configure())
         with prefect_server_for_this_process():
             evaluate(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
                      models_root=args.models_root, reports_root=args.reports_root)
-    except (ConfigError, FileNotFoundError, tracking.TrackingUnavailable) as error:
+    except (ConfigError, FileNotFoundError, DataError, tracking.TrackingUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except UnusableModel as error:

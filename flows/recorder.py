@@ -24,13 +24,9 @@ timed out after the server had stored it is resent, and still stored once: metri
 timestamp of the moment they were logged (MLflow's SQL store ignores an identical metric row)
 and images and files keep their file names (an upload of the same name replaces the file).
 
-Bounded requests without touching the rest of the process: MLflow reads
-MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES / _BACKOFF_FACTOR from os.environ on every request
-(`mlflow.utils.rest_utils.http_request`; its requests.Session is cached per retry setting),
-so changing them would change every MLflow call of every thread. The recorder passes its own
-`timeout`, `max_retries` and `backoff_factor` to `http_request` instead: a `RestStore` whose
-`_call_endpoint` does so, behind an `MlflowClient`, and its own PUT for uploads to the
-server's artifact proxy (no retry there: a retried PUT would resend a half-read file body).
+Bounded requests without touching the rest of the process: a client from flows.mlflow_http,
+and the recorder's own PUT for uploads to the server's artifact proxy (no retry there: a
+retried PUT would resend a half-read file body).
 Other artifact stores (a local folder, or S3 and the like written directly by the client)
 keep their own clients' timeouts.
 """
@@ -54,22 +50,19 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import requests
-from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import RestException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-from mlflow.store.tracking.rest_store import RestStore
-from mlflow.tracking._tracking_service.client import TrackingServiceClient
 from mlflow.tracking.multimedia import compress_image_size
-from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.mime_type_utils import _guess_mime_type
-from mlflow.utils.proto_json_utils import parse_dict
-from mlflow.utils.rest_utils import augmented_raise_for_status, http_request, verify_rest_response
+from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
+
+from flows.mlflow_http import HttpLimits, bounded_client, process_http_limits
 
 logger = logging.getLogger(__name__)
 
@@ -78,63 +71,6 @@ _IMAGE_KEY = re.compile(r"^[a-zA-Z0-9_\-./ ]+$")  # the keys MlflowClient.log_im
 _MAX_METRICS_PER_REQUEST = 900  # MLflow allows 1000 entities per log_batch, 100 of them tags
 _MAX_TAGS_PER_REQUEST = 100
 _REFUSED_FOR_GOOD = {400, 404}  # bad request, no such run: resending cannot help
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """Bounds of one request of the recorder to an MLflow server."""
-    timeout: float = 5.0  # seconds to connect, and for each read of the answer
-    max_retries: int = 0  # retries of a failed request within one attempt (never for uploads)
-    backoff_factor: float = 0.0
-    upload_timeout: float = 30.0  # seconds for each read of the answer to an upload
-
-
-class _BoundedRestStore(RestStore):
-    """MLflow's REST store with bounded requests (the stock one reads the limits from the
-    process environment on each request, 120 s and 7 retries by default)."""
-
-    def __init__(self, get_host_creds, limits: HttpLimits):
-        super().__init__(get_host_creds)
-        self._limits = limits
-
-    def _call_endpoint(self, api, json_body=None, endpoint=None, retry_timeout_seconds=None,
-                       response_proto=None):
-        # As RestStore._call_endpoint and rest_utils.call_endpoint (MLflow 3.17), plus limits.
-        method_to_info = self._V3_METHOD_TO_INFO if api in self._V3_APIS else self._METHOD_TO_INFO
-        self._validate_workspace_support_if_specified()
-        default_endpoint, method = method_to_info[api]
-        endpoint = endpoint or default_endpoint
-        body = json.loads(json_body) if json_body is not None else None
-        response = http_request(self.get_host_creds(), endpoint, method,
-                                max_retries=self._limits.max_retries,
-                                backoff_factor=self._limits.backoff_factor, backoff_jitter=0.0,
-                                timeout=self._limits.timeout,
-                                **({"params": body} if method == "GET" else {"json": body}))
-        response = verify_rest_response(response, endpoint)
-        response_proto = response_proto or api.Response()
-        if response.status_code != 204:
-            parse_dict(js_dict=json.loads(response.text), message=response_proto)
-        return response_proto
-
-
-class _BoundedTrackingService(TrackingServiceClient):
-    def __init__(self, tracking_uri: str, store: RestStore):
-        self._bounded_store = store
-        super().__init__(tracking_uri)
-
-    @property
-    def store(self):
-        return self._bounded_store
-
-
-def bounded_client(tracking_uri: str, limits: HttpLimits = HttpLimits()) -> MlflowClient:
-    """An MlflowClient whose requests to an http(s) tracking server are bounded by `limits`;
-    other stores (sqlite, files) are local and get the stock client."""
-    client = MlflowClient(tracking_uri)
-    if tracking_uri.startswith(("http://", "https://")):
-        store = _BoundedRestStore(lambda: get_default_host_creds(tracking_uri), limits)
-        client._tracking_client = _BoundedTrackingService(tracking_uri, store)
-    return client
 
 
 @dataclass(frozen=True)
@@ -584,88 +520,6 @@ def _describe(error: Exception) -> str:
     if "timed out" in text or "timeout" in text.lower():
         return "no answer in time"
     return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-class SystemMetricsSampler:
-    """CPU, memory, disk, network (and GPU) use sampled in a thread and recorded as
-    `system/...` metrics through a TrackingRecorder, in place of
-    `mlflow.start_run(log_system_metrics=True)`, whose monitor talks to the server with the
-    default limits and stops for good after one failure. Here an outage costs the thread
-    nothing but spooled records, and stop() never waits more than `timeout` seconds."""
-
-    def __init__(self, recorder: TrackingRecorder, interval: float | None = None):
-        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
-        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
-        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
-        # MLflow's own setting for its monitor (10 s by default) sets ours too.
-        self.recorder = recorder
-        self.interval = interval or float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))
-        self.monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
-        with contextlib.suppress(Exception):  # no NVIDIA GPU or no pynvml
-            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
-            self.monitors.append(GPUMonitor())
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> SystemMetricsSampler:
-        self._thread = threading.Thread(target=self._run, name="SystemMetricsSampler",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _first_step(self) -> int:
-        """After a resume, continue the steps of the run's system metrics."""
-        try:
-            history = self.recorder.client.get_metric_history(
-                self.recorder.run_id, "system/cpu_utilization_percentage")
-        except Exception:  # noqa: BLE001 - the server is down: start at 0
-            return 0
-        return max((m.step for m in history), default=-1) + 1
-
-    def _run(self) -> None:
-        step = self._first_step()
-        while not self._stop.wait(self.interval):
-            try:
-                values: dict[str, float] = {}
-                for monitor in self.monitors:
-                    monitor.collect_metrics()
-                    values.update(monitor.aggregate_metrics())
-                    monitor.clear_metrics()
-                self.recorder.log_metrics({f"system/{k}": v for k, v in values.items()}, step)
-                step += 1
-            except Exception as error:  # noqa: BLE001 - never let sampling end the training
-                logger.warning("system metrics sampling stopped: %s", error)
-                return
-
-
-@contextlib.contextmanager
-def process_http_limits(limits: HttpLimits = HttpLimits()) -> Iterator[None]:
-    """For the calls inside, bound every MLflow request of the whole process by `limits`
-    (MLFLOW_HTTP_REQUEST_TIMEOUT, _MAX_RETRIES, _BACKOFF_FACTOR, which MLflow reads on each
-    request; whole seconds). Meant for fluent calls that take no limits, such as
-    `mlflow.end_run()`, at a moment when no other thread waits on MLflow."""
-    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(limits.timeout))),
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(limits.max_retries),
-              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(round(limits.backoff_factor))}
-    with _ENVIRONMENT_LOCK:
-        saved = {name: os.environ.get(name) for name in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-
-_ENVIRONMENT_LOCK = threading.Lock()
 
 
 def end_run(recorder: TrackingRecorder, status: str = "FINISHED",

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from flows.recorder import HttpLimits, process_http_limits
+from flows.mlflow_http import HttpLimits, process_http_limits
 
 CHAMPION = "champion"
 
@@ -63,11 +63,15 @@ def experiment_id(name: str, root: Path = Path(".")) -> str:
 
 
 def run_exists(run_id: str) -> bool:
+    """Whether the store has the run; other errors (the server away) are raised, not taken
+    for a missing run, which would start a new run beside the one being resumed."""
     try:
         mlflow.get_run(run_id)
         return True
-    except MlflowException:
-        return False
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

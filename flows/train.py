@@ -21,6 +21,7 @@ What happens when things fail (README, "What happens when things fail"):
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -32,19 +33,23 @@ import torch
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.states import Failed
 from tqdm import tqdm
 
+from abp.datasets import DataError
 from abp.files import remove_stale_partials
-from abp.train import (ABPConfig, ABPTrainer, Checkpointer, DivergenceError, default_device,
-                       risky_settings)
+from abp.divergence import DivergenceError, risky_settings
+from abp.train import ABPConfig, ABPTrainer, Checkpointer, default_device
 from flows import tracking
 from flows.config import ConfigError
 from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, Experiment, experiment_arguments,
                               load_experiment, save_tensor_file, write_json)
 from flows.locks import FolderLocked, exclusive
 from flows.process import prefect_server_for_this_process, run_command
-from flows.recorder import SystemMetricsSampler, TrackingRecorder, end_run
+from flows.mlflow_http import HttpLimits, process_http_limits
+from flows.recorder import TrackingRecorder, end_run
+from flows.system_metrics import SystemMetricsSampler
 from flows.samples import log_media
 
 # A retry after divergence halves the culprit: the step size when the chains blew up, the
@@ -54,6 +59,8 @@ RETUNABLE = ("step_size", "learning_rate")
 # How long the end of a training waits for a tracking server that is away before it leaves
 # the records on disk.
 FLUSH_WAIT_SECONDS = 20
+# Logging the model uploads its files: longer reads than a metric, still bounded.
+MODEL_UPLOAD_LIMITS = HttpLimits(timeout=60, max_retries=1)
 
 
 class CheckpointError(RuntimeError):
@@ -112,7 +119,7 @@ class EpochRecorder:
         self.media_options = {k: exp.manifest[k] for k in ("fps", "sample_rate") if k in exp.manifest}
 
     def __call__(self, trainer: ABPTrainer, stats: dict[str, float]) -> None:
-        self.progress.update(1)
+        self.progress.update(trainer.epoch - self.progress.n)  # a retry may go back
         self.progress.set_postfix(refresh=False, energy=f"{stats['energy']:.2f}",
                                   mse=f"{stats['reconstruction_mse']:.4f}")
         if self.recorder is None:
@@ -128,11 +135,6 @@ class EpochRecorder:
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...]) -> str:
-    return tracking.log_model(generator, latent_shape)
-
-
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_run_start(exp: Experiment, device: torch.device) -> None:
     mlflow.log_params(tracking.flatten({"dataset": exp.cfg.dataset,
                                         **exp.cfg.model_dump(exclude={"dataset"}),
@@ -143,32 +145,30 @@ def log_run_start(exp: Experiment, device: torch.device) -> None:
 
 
 def fit_with_retries(exp: Experiment, trainer: ABPTrainer, callbacks: list, saver: Checkpointer,
-                     checkpoint: Path, logger) -> ABPTrainer:
-    """trainer.fit, and on divergence, if `training.divergence_retries` allows, continue from
-    the last good checkpoint with the culprit setting halved. Returns the trainer that
-    finished (a retry builds a new one)."""
-    retries = exp.cfg.training.divergence_retries
-    for attempt in range(retries + 1):
+                     checkpoint: Path, recorder: TrackingRecorder | None, logger) -> None:
+    """trainer.fit, and on divergence, while `training.divergence_retries` allows (counted
+    across reruns), continue from the last good checkpoint with the suspect setting halved.
+    The lowered setting is saved with the checkpoint at once, so a rerun keeps it."""
+    while True:
         try:
             trainer.fit(exp.cfg.training.epochs, callbacks=callbacks)
-            return trainer
+            return
         except DivergenceError as error:
-            if attempt == retries:
+            used = saver.extra.get("retries_used", 0)
+            if used >= exp.cfg.training.divergence_retries:
                 raise
-            setting = error.setting
-            retuned = {**saver.extra.get("retuned", {}),
-                       setting: getattr(trainer.config, setting) * RETRY_FACTOR}
-            state = read_checkpoint(checkpoint, exp.name)
-            trainer = ABPTrainer(exp.build_generator(), trainer.data.cpu(),
-                                 _abp_config(exp, retuned), observation=trainer.observation,
-                                 device=trainer.device)
-            trainer.load_state_dict(state, retuned=RETUNABLE)
-            saver.extra["retuned"] = retuned
+            was = getattr(trainer.config, error.setting)
+            retuned = {**saver.extra.get("retuned", {}), error.setting: was * RETRY_FACTOR}
+            trainer.retune(**retuned)
+            trainer.load_state_dict(read_checkpoint(checkpoint, exp.name), retuned=RETUNABLE)
+            saver.extra.update(retuned=retuned, retries_used=used + 1)
+            trainer.save_checkpoint(checkpoint, extra=saver.extra)
+            if recorder is not None:
+                recorder.set_tag(f"retuned.{error.setting}", retuned[error.setting])
             logger.warning("%s\nRetry %d of %d: from the checkpoint at epoch %d with %s %g "
-                           "(was %g; training.divergence_retries)", error, attempt + 1, retries,
-                           trainer.epoch, setting, retuned[setting],
-                           retuned[setting] / RETRY_FACTOR)
-    raise AssertionError("unreachable")
+                           "(was %g; training.divergence_retries)", error, used + 1,
+                           exp.cfg.training.divergence_retries, trainer.epoch, error.setting,
+                           retuned[error.setting], was)
 
 
 @flow(name="train")
@@ -177,7 +177,7 @@ def train(experiment: str, params_file: str = "params.yaml",
     """Train the experiment; return where its outputs are and its final statistics."""
     try:
         return _train(experiment, params_file, prepared_root, models_root)
-    except (DivergenceError, CheckpointError) as error:
+    except (DivergenceError, CheckpointError, DataError) as error:
         # A failed run with the diagnosis as its message, not a traceback in the log; the
         # caller of the flow gets the error itself.
         return Failed(message=str(error), data=error)
@@ -193,91 +193,67 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
         kept = set_aside(checkpoint, "previous")
         logger.info("not resuming %s: it is from other settings, data or more epochs (kept as "
                     "%s)", checkpoint, kept.name)
-    retuned = resume["extra"].get("retuned") if resume else None
+    extra = {"fingerprint": fingerprint, **{k: v for k, v in (resume or {}).get("extra", {}).items()
+                                            if k in ("retuned", "retries_used")}}
     generator = exp.build_generator()
     _, y, observation = exp.split("train")
     device = default_device()
-    trainer = ABPTrainer(generator, y, _abp_config(exp, retuned), observation=observation,
-                         device=device)
+    trainer = ABPTrainer(generator, y, _abp_config(exp, extra.get("retuned")),
+                         observation=observation, device=device)
     logger.info("training %s on %s: %d examples of shape %s, %d parameters", experiment, device,
                 len(y), exp.signal_shape, sum(p.numel() for p in generator.parameters()))
     for warning in risky_settings(trainer.config):
         logger.warning("experiments.%s.abp: %s", experiment, warning)
-    if retuned:
+    if "retuned" in extra:
         logger.warning("continuing with settings lowered by an earlier divergence retry: %s",
-                       retuned)
+                       extra["retuned"])
 
-    tracking.configure()
-    mlflow_experiment = tracking.experiment_id(f"abp-{exp.cfg.dataset}")
-    run_id = resume["extra"].get("mlflow_run_id") if resume else None
-    if run_id and not tracking.run_exists(run_id):
-        run_id = None  # the tracking store was reset: record the continuation as a new run
-    main_process = tracking.is_main_process()
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else mlflow_experiment,
-                           run_name=None if run_id else f"{experiment}-{exp.kind}-abp",
-                           description=f"ABP on {exp.cfg.dataset} ({exp.kind}), params.yaml "
-                                       f"experiments.{experiment}",
-                           log_system_metrics=False)  # MLflow's monitor stalls in outages
+    run = _open_run(exp, resume)
+    extra["mlflow_run_id"] = run.info.run_id
     recorder = sampler = None
-    if main_process:
-        recorder = TrackingRecorder(run.info.run_id, exp.model_folder / "tracking_spool")
-        sampler = SystemMetricsSampler(recorder).start()
     status = "FAILED"
     try:
+        if tracking.is_main_process():
+            recorder = TrackingRecorder(run.info.run_id, exp.model_folder / "tracking_spool")
+            sampler = SystemMetricsSampler(recorder).start()
         if resume:
-            trainer.load_state_dict(resume, retuned=tuple(retuned or ()))
+            trainer.load_state_dict(resume, retuned=tuple(extra.get("retuned", ())))
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
         else:
             log_run_start(exp, device)
-        saver = Checkpointer(checkpoint, every=exp.cfg.training.checkpoint_every,
-                             extra={"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id,
-                                    **({"retuned": retuned} if retuned else {})})
-        if not resume:  # the state a retry after divergence in the first epochs goes back to
-            trainer.save_checkpoint(checkpoint, extra=saver.extra)
+            # The state a retry after a divergence in the first epochs goes back to.
+            trainer.save_checkpoint(checkpoint, extra=extra)
+        saver = Checkpointer(checkpoint, every=exp.cfg.training.checkpoint_every, extra=extra)
         started = time.perf_counter()
         # Off a terminal (under DVC, in CI logs) redraw rarely instead of flooding the log.
         training = exp.cfg.training
         with tqdm(total=training.epochs, initial=trainer.epoch, desc=experiment, unit="epoch",
                   file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 15) as progress:
             callbacks = [EpochRecorder(exp, trainer, progress, recorder), saver]
-            trainer = fit_with_retries(exp, trainer, callbacks, saver, checkpoint, logger)
+            fit_with_retries(exp, trainer, callbacks, saver, checkpoint, recorder, logger)
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
-        seconds = time.perf_counter() - started
-
-        out = exp.model_folder
-        save_tensor_file({"config": trainer.generator.config,
-                          "state_dict": trainer.generator.state_dict()}, out / "generator.pt")
-        save_tensor_file(trainer.latent_bank.latents.cpu(), out / "latent_bank.pt")
-        write_json(out / "history.json", trainer.history)
-        model_uri = None
-        if recorder is not None:
-            recorder.log_artifact(out / "latent_bank.pt", artifact_path="latents")
-            recorder.log_artifact(out / "history.json", artifact_path=None)
-            if recorder.flush(wait_seconds=FLUSH_WAIT_SECONDS):
-                model_uri = log_model(trainer.generator, tuple(generator.latent_shape))
-            else:
-                logger.warning("the tracking server is away: the generator is not logged as an "
-                               "MLflow model now (evaluation logs it when the server is back)")
-        summary = {"experiment": experiment, "mlflow_run_id": run.info.run_id,
-                   "mlflow_experiment_id": run.info.experiment_id, "model_uri": model_uri,
-                   "device": str(device), "epochs": trainer.epoch, "train_seconds": seconds,
-                   **{k: trainer.history[-1][k] for k in ("energy", "reconstruction_mse")}}
-        write_json(out / "mlflow_run.json", summary)
+        summary = _write_outputs(exp, trainer, run, recorder, logger)
+        summary.update(train_seconds=time.perf_counter() - started, fingerprint=fingerprint,
+                       retuned=saver.extra.get("retuned", {}))
+        write_json(exp.model_folder / "mlflow_run.json", summary)
         status = "FINISHED"
     except DivergenceError as error:
         if recorder is not None:
             recorder.set_tag("failure_reason", str(error))
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TerminationSignal):
         status = "KILLED"
         raise
     finally:
+        if sampler is not None:
+            sampler.stop()
         if recorder is None:
             tracking.end_run(status)
         else:
-            sampler.stop()
-            # The status goes after every record, kept on disk with them if the server is away.
-            end_run(recorder, status, wait_seconds=FLUSH_WAIT_SECONDS)
+            # The status goes after every record, kept on disk with them if the server is
+            # away; an interrupted run waits little (what is not sent stays in the spool).
+            end_run(recorder, status,
+                    wait_seconds=2 if status == "KILLED" else FLUSH_WAIT_SECONDS)
 
     link = tracking.run_link(run.info.run_id, run.info.experiment_id)
     create_markdown_artifact(
@@ -287,9 +263,53 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
                   f"| device | {device} |\n| epochs | {trainer.epoch} |\n"
                   f"| final energy | {summary['energy']:.3f} |\n"
                   f"| reconstruction mse | {summary['reconstruction_mse']:.5f} |\n"
-                  f"| time | {seconds:.1f} s |\n| MLflow run | {link} |\n"),
+                  f"| time | {summary['train_seconds']:.1f} s |\n| MLflow run | {link} |\n"),
         description=f"ABP training of {experiment}")
     return summary
+
+
+def _open_run(exp: Experiment, resume: dict[str, Any] | None):
+    """Start the MLflow run, or reopen the one a resumed checkpoint belongs to."""
+    tracking.configure()
+    mlflow_experiment = tracking.experiment_id(f"abp-{exp.cfg.dataset}")
+    run_id = resume["extra"].get("mlflow_run_id") if resume else None
+    if run_id and not tracking.run_exists(run_id):
+        run_id = None  # the tracking store was reset: record the continuation as a new run
+    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else mlflow_experiment,
+                            run_name=None if run_id else f"{exp.name}-{exp.kind}-abp",
+                            description=f"ABP on {exp.cfg.dataset} ({exp.kind}), params.yaml "
+                                        f"experiments.{exp.name}",
+                            log_system_metrics=False)  # MLflow's monitor stalls in outages
+
+
+def _write_outputs(exp: Experiment, trainer: ABPTrainer, run, recorder: TrackingRecorder | None,
+                   logger) -> dict[str, Any]:
+    """The generator, latent bank and history under models/<experiment>/, and into MLflow;
+    returns the run summary for mlflow_run.json."""
+    out = exp.model_folder
+    save_tensor_file({"config": trainer.generator.config,
+                      "state_dict": trainer.generator.state_dict()}, out / "generator.pt")
+    save_tensor_file(trainer.latent_bank.latents.cpu(), out / "latent_bank.pt")
+    write_json(out / "history.json", trainer.history)
+    model_uri = None
+    if recorder is not None:
+        recorder.log_artifact(out / "latent_bank.pt", artifact_path="latents")
+        recorder.log_artifact(out / "history.json", artifact_path=None)
+        if recorder.flush(wait_seconds=FLUSH_WAIT_SECONDS):
+            try:
+                with process_http_limits(MODEL_UPLOAD_LIMITS):
+                    model_uri = tracking.log_model(trainer.generator,
+                                                   tuple(trainer.generator.latent_shape))
+            except Exception as error:  # noqa: BLE001 - the model is on disk; evaluation logs it
+                logger.warning("the generator could not be logged as an MLflow model (%s); "
+                               "evaluation logs it", str(error).splitlines()[0][:200])
+        else:
+            logger.warning("the tracking server is away: the generator is not logged as an "
+                           "MLflow model now (evaluation logs it when the server is back)")
+    return {"experiment": exp.name, "mlflow_run_id": run.info.run_id,
+            "mlflow_experiment_id": run.info.experiment_id, "model_uri": model_uri,
+            "device": str(trainer.device), "epochs": trainer.epoch,
+            **{k: trainer.history[-1][k] for k in ("energy", "reconstruction_mse")}}
 
 
 def check_writable(folder: Path) -> None:
@@ -316,11 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         exp = load_experiment(args.experiment, Path(args.params), Path(args.prepared_root),
                               Path(args.models_root))
         exp.build_generator()
+        if not tracking.is_main_process():
+            raise ConfigError(f"RANK={os.environ['RANK']}: training in several processes is not "
+                              "supported yet; run one process")
         check_writable(exp.model_folder)
         tracking.check_reachable(tracking.configure())
         with exclusive(exp.model_folder, f"a training of {args.experiment}"):
             for folder in (exp.model_folder, exp.model_folder / "checkpoints"):
-                remove_stale_partials(folder)  # what a killed write left behind
+                remove_stale_partials(folder, sole_writer=True)  # a killed write's leftovers
             checkpoint = exp.model_folder / "checkpoints" / "last.pt"
             if args.restart and checkpoint.is_file():
                 kept = set_aside(checkpoint, "restarted")
@@ -328,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             with prefect_server_for_this_process():
                 train(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
                       models_root=args.models_root)
-    except (ConfigError, FileNotFoundError, FolderLocked, CheckpointError,
+    except (ConfigError, FileNotFoundError, FolderLocked, CheckpointError, DataError,
             tracking.TrackingUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ from skimage import data as skimage_data
 from abp.langevin import reconstruct
 from abp.models import ImageGenerator, LinearGenerator
 from abp.observe import Mask
-from abp.train import ABPConfig, ABPTrainer, Checkpointer, DivergenceError, risky_settings
+from abp.divergence import DivergenceError, risky_settings
+from abp.train import ABPConfig, ABPTrainer, Checkpointer
 
 
 def principal_angles_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:

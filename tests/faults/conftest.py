@@ -60,6 +60,12 @@ class Workspace:
             params["experiments"]["tiny"][section].update(values)
         (self.path / "params.yaml").write_text(yaml.safe_dump(params))
 
+    def reset_experiment(self) -> None:
+        """experiments.tiny back to the suite's tiny settings."""
+        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        params["experiments"]["tiny"] = TINY
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params))
+
     def command(self, module: str, *args: str) -> list[str]:
         return [sys.executable, "-m", f"flows.{module}", *args]
 

@@ -13,7 +13,6 @@ import sys
 import time
 
 import torch
-from conftest import TINY
 from mlflow import MlflowClient
 
 from abp.models import ImageGenerator
@@ -139,8 +138,7 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_the_champion(worksp
     torch.save(saved, ws.models / "generator.pt")
     metrics = ws.path / "reports" / "experiments" / "tiny" / "metrics.json"
     metrics.unlink()
-    ws.set("generator", **TINY["generator"])
-    ws.set("abp", **TINY["abp"])
+    ws.reset_experiment()
     done = ws.run("evaluate", "tiny")
     assert done.returncode == 1, done.stderr[-3000:]
     assert f"generator.pt has non-finite weights ({first}" in flat(done.stderr)
@@ -202,6 +200,14 @@ def test_a_damaged_checkpoint_is_named_and_restart_sets_it_aside(workspace):
     kept = list(ws.checkpoint.parent.glob("restarted-*.pt"))
     assert len(kept) == 1 and kept[0].read_bytes() == whole[:500]
     assert ws.checkpoint_epoch() == 3
+
+    # Damaged prepared data is named too, with the command that makes it again.
+    data = ws.path / "data" / "prepared" / "pics_P50" / "train.pt"
+    data.write_bytes(data.read_bytes()[:300])
+    damaged = ws.run("train", "tiny")
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
+    assert ("error: data/prepared/pics_P50/train.pt cannot be read" in flat(damaged.stderr)
+            and "python -m flows.prepare pics_P50" in flat(damaged.stderr))
 
 
 def test_a_read_only_model_folder_fails_at_once_naming_it(workspace):

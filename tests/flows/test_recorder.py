@@ -12,8 +12,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows.recorder import (SystemMetricsSampler, TrackingRecorder, end_run,
-                            main as recorder_main, process_http_limits)
+from flows.mlflow_http import process_http_limits
+from flows.recorder import TrackingRecorder, end_run, main as recorder_main
+from flows.system_metrics import SystemMetricsSampler
 from flows import tracking
 from flows.tracking import TrackingUnavailable, check_reachable
 from media import write_images
