@@ -62,7 +62,8 @@ from mlflow.tracking.multimedia import compress_image_size
 from mlflow.utils.mime_type_utils import _guess_mime_type
 from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
 
-from flows.mlflow_http import HttpLimits, bounded_client, process_http_limits
+from flows import tracking
+from flows.mlflow_http import HttpLimits, bounded_client
 
 logger = logging.getLogger(__name__)
 
@@ -532,8 +533,7 @@ def end_run(recorder: TrackingRecorder, status: str = "FINISHED",
     summary = recorder.close(wait_seconds)
     active = mlflow.active_run()
     if active is not None and active.info.run_id == recorder.run_id:
-        with process_http_limits(recorder.limits), contextlib.suppress(Exception):
-            mlflow.end_run(status)
+        tracking.end_run(status, timeout=recorder.limits.timeout)
     return summary
 
 

@@ -95,17 +95,10 @@ def fault_env(**extra: str) -> dict[str, str]:
 def prefect_api(tmp_path_factory) -> str:
     """One real Prefect server on 127.0.0.1 for the suite, with its own database."""
     from flows.local_server import local_prefect_server
-    home = tmp_path_factory.mktemp("prefect-home")
-    previous = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = str(home)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
         with local_prefect_server() as api_url:
             yield api_url
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = previous
 
 
 @pytest.fixture(scope="session")
