@@ -26,7 +26,7 @@ import gc
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -145,13 +145,29 @@ def run_case(case: Case, batch: int, device: torch.device, repeats: int,
     return row
 
 
+class _NoModuleTracking:
+    """Stands in for FlopCounterMode's module tracker, whose backward hooks break
+    `torch.autograd.grad` with respect to a leaf (the latents: "A leaf node was passed to
+    _will_engine_execute_node", torch 2.11 to 2.14). The total needs no per-module split:
+    every FLOP is counted once, under "Global"."""
+    parents: ClassVar[frozenset[str]] = frozenset({"Global"})
+
+    def __enter__(self) -> _NoModuleTracking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def iteration_flops(generator: nn.Module, data: torch.Tensor, config: ABPConfig,
                     device: torch.device) -> int:
     """FLOPs of one iteration, counted on an eager fp32 trainer of the same shapes (a CUDA
     graph replay dispatches no operators for a counter to see; bf16 does the same FLOPs)."""
     plain = dataclasses.replace(config, bf16=False, compile=False, cuda_graphs=False)
     trainer = ABPTrainer(copy.deepcopy(generator), data, plain, device=device)
-    with FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    with counter:
         trainer.train_epoch()
     return counter.get_total_flops()
 
