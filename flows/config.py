@@ -110,6 +110,9 @@ class VideoDataset(SplitSettings):
     crop: Literal["center", "none"] = "center"
     clip_frames: int = Field(8, ge=1)
     clip_stride: int = Field(8, ge=1)
+    # Frames per second every file is brought to before frame_step (nearest frame in time:
+    # dropped or repeated); None: the first readable file's own rate.
+    fps: float | None = Field(None, gt=0)
     frame_step: int = Field(1, ge=1)
     max_frames: int | None = Field(None, ge=1)
     max_examples: int | None = Field(None, ge=1)
@@ -121,13 +124,16 @@ class VideoDataset(SplitSettings):
 
 
 class AudioDataset(SplitSettings):
-    """A folder of audio files (or one file), mono, resampled, cut into clips."""
+    """A folder of audio files (or one file), averaged to mono, resampled, cut into clips."""
     kind: Literal["audio"]
     source: str
     sample_rate: int = Field(ge=100)
     clip_length: int = Field(ge=16)
     clip_stride: int = Field(ge=1)
     peak_normalize: bool = True
+    # A sound shorter than clip_length: false leaves it out; true zero-pads it to one clip
+    # whose padding a mask marks as unobserved.
+    pad_short: bool = False
     max_examples: int | None = Field(None, ge=1)
 
     @field_validator("source")
@@ -233,22 +239,50 @@ def _section(params: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     return section
 
 
+# The two groups of data sets in the params file: data shipped inside installed packages
+# (`bundled:`, whose DVC stages depend on no file) and the user's own files (`datasets:`,
+# whose stages depend on their `source` path alone).
+DATASET_GROUPS = ("bundled", "datasets")
+
+
+def dataset_settings(params: dict[str, Any], path: Path = PARAMS_FILE) -> dict[str, tuple[str, Any]]:
+    """Every data set of both groups: name → (the params key it is under, its settings).
+    Names are unique across the groups and the variants."""
+    found: dict[str, tuple[str, Any]] = {}
+    variants = _section(params, "variants", path)
+    for group in DATASET_GROUPS:
+        for name, settings in _section(params, group, path).items():
+            if name in found or name in variants:
+                other = found[name][0].split(".")[0] if name in found else "variants"
+                raise ConfigError(f"{path}: {name} is both in {other} and in {group}; names "
+                                  "must be unique")
+            found[name] = (f"{group}.{name}", settings)
+    return found
+
+
 def dataset_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE):
-    """The validated settings of a data set or variant called `name`."""
-    datasets, variants = _section(params, "datasets", path), _section(params, "variants", path)
-    both = sorted(set(datasets) & set(variants))
-    if both:
-        raise ConfigError(f"{path}: {', '.join(both)} is both in datasets and in variants; "
-                          "names must be unique")
+    """The validated settings of a data set (under bundled: or datasets:) or a variant."""
+    datasets, variants = dataset_settings(params, path), _section(params, "variants", path)
     if name in datasets:
-        return _validate(_DATASET, datasets[name], f"datasets.{name}", path)
+        key, settings = datasets[name]
+        cfg = _validate(_DATASET, settings, key, path)
+        bundled_source = cfg.source.startswith(BUNDLED)
+        if key.startswith("bundled.") and not bundled_source:
+            raise ConfigError(f"{path}: {key}.source: {cfg.source!r} is a path: move {name} "
+                              "under datasets:, whose stages depend on the files they read")
+        if key.startswith("datasets.") and bundled_source:
+            raise ConfigError(f"{path}: {key}.source: {cfg.source!r} ships inside a package: "
+                              f"move {name} under bundled: (a datasets: stage depends on its "
+                              "source path, which a bundled source is not)")
+        return cfg
     if name in variants:
         variant = _validate(_VARIANT, variants[name], f"variants.{name}", path)
         if variant.base not in datasets:
             raise ConfigError(f"{path}: variants.{name}.base: {variant.base!r} is not a data "
-                              f"set under datasets (have: {', '.join(datasets) or 'none'})")
+                              f"set under bundled or datasets (have: "
+                              f"{', '.join(datasets) or 'none'})")
         return variant
-    raise ConfigError(f"{path}: no data set or variant named {name!r} (datasets: "
+    raise ConfigError(f"{path}: no data set or variant named {name!r} (bundled and datasets: "
                       f"{', '.join(datasets) or 'none'}; variants: {', '.join(variants) or 'none'})")
 
 
@@ -278,11 +312,23 @@ class AbpSettings(Strict):
 
 
 class EvaluationSettings(Strict):
-    """Inference for new data with the weights fixed (gradient descent on the energy)."""
-    n_steps: int = Field(300, ge=1)
-    step_size: float | None = Field(None, gt=0)  # default: the training step size
-    init: Literal["zeros", "prior"] = "zeros"
-    n_samples: int = Field(16, ge=1)
+    """How python -m flows.evaluate scores a trained generator (params file:
+    experiments.<name>.evaluation). Changing them reruns the evaluation alone, never the
+    training. The weights stay fixed; every latent, of a training example (from its latent
+    bank entry) or of a test example (from `init`), is the most probable one: gradient
+    descent on the energy, each example stopping on its own once its lowest energy falls by
+    less than 0.01 % over 10 steps (abp.evaluate.most_probable_latents)."""
+    n_steps: int = Field(300, ge=1, description=(
+        "the most gradient steps any one latent takes; a latent still descending then stops "
+        "there (the log counts how many used them all)"))
+    step_size: float | None = Field(None, gt=0, description=(
+        "s of the descent z ← z − (s²/2)·∂E/∂z; default (null): abp.step_size, as in training"))
+    init: Literal["zeros", "prior"] = Field("zeros", description=(
+        "where a test example's descent starts: z = 0 (the prior's mode) or a draw from the "
+        "prior N(0, I) (seeded, so reruns agree)"))
+    n_samples: int = Field(16, ge=1, description=(
+        "signals generated from prior draws for the samples figure and media (a fixed seed, "
+        "so evaluations compare)"))
 
 
 class TrainingSettings(Strict):
@@ -317,7 +363,7 @@ def experiment_config(name: str, params: dict[str, Any], path: Path = PARAMS_FIL
         raise ConfigError(f"{path}: no experiment named {name!r} under experiments "
                           f"(have: {', '.join(experiments) or 'none'})")
     cfg = _validate(_EXPERIMENT, experiments[name], f"experiments.{name}", path)
-    known = {*_section(params, "datasets", path), *_section(params, "variants", path)}
+    known = {*dataset_settings(params, path), *_section(params, "variants", path)}
     if cfg.dataset not in known:
         raise ConfigError(f"{path}: experiments.{name}.dataset: {cfg.dataset!r} is not a data "
                           f"set or variant (have: {', '.join(sorted(known)) or 'none'})")

@@ -7,7 +7,7 @@ import pytest
 from flows.config import ConfigError, dataset_config, experiment_config, load_params
 
 GOOD = {
-    "datasets": {"faces": {"kind": "images", "source": "bundled:lfw_faces", "image_size": 32}},
+    "bundled": {"faces": {"kind": "images", "source": "bundled:lfw_faces", "image_size": 32}},
     "variants": {"faces_P50": {"kind": "occlusion", "base": "faces", "pattern": "salt_pepper",
                                "hidden_fraction": 0.5, "block": 3}},
 }
@@ -26,16 +26,16 @@ def test_good_settings_are_typed():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"image_size": "big"}, "datasets.faces.image_size: Input should be a valid integer.*'big'"),
-    ({"channels": 2}, "datasets.faces.channels: Input should be 1 or 3"),
-    ({"source": "bundled:celeba"}, "datasets.faces.source: .*unknown bundled source 'celeba'"),
-    ({"imagesize": 32}, "datasets.faces.imagesize: Extra inputs are not permitted"),
-    ({"test_fraction": 1.5}, "datasets.faces.test_fraction: Input should be less than 1"),
-    ({"kind": "pictures"}, "datasets.faces: Input tag 'pictures' found using 'kind' does not match"),
+    ({"image_size": "big"}, "bundled.faces.image_size: Input should be a valid integer.*'big'"),
+    ({"channels": 2}, "bundled.faces.channels: Input should be 1 or 3"),
+    ({"source": "bundled:celeba"}, "bundled.faces.source: .*unknown bundled source 'celeba'"),
+    ({"imagesize": 32}, "bundled.faces.imagesize: Extra inputs are not permitted"),
+    ({"test_fraction": 1.5}, "bundled.faces.test_fraction: Input should be less than 1"),
+    ({"kind": "pictures"}, "bundled.faces: Input tag 'pictures' found using 'kind' does not match"),
 ])
 def test_bad_dataset_values_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
-        dataset_config("faces", with_change("datasets", "faces", **change))
+        dataset_config("faces", with_change("bundled", "faces", **change))
 
 
 def test_bad_variant_values_name_the_key():
@@ -101,19 +101,35 @@ def test_bools_stay_bools_and_every_problem_gets_its_own_line():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"image_size": True}, "datasets.faces.image_size: expected a number, got true"),
-    ({"channels": True}, "datasets.faces.channels: expected a number, got true"),
+    ({"image_size": True}, "bundled.faces.image_size: expected a number, got true"),
+    ({"channels": True}, "bundled.faces.channels: expected a number, got true"),
     ({"test_fraction": float("nan")},
-     "datasets.faces.test_fraction: Input should be a finite number"),
+     "bundled.faces.test_fraction: Input should be a finite number"),
 ])
 def test_dataset_numbers_are_finite_and_not_bools(change, message):
     with pytest.raises(ConfigError, match=message):
-        dataset_config("faces", with_change("datasets", "faces", **change))
+        dataset_config("faces", with_change("bundled", "faces", **change))
     with pytest.raises(ConfigError, match="variants.faces_P50.block: expected a number, got true"):
         dataset_config("faces_P50", with_change("variants", "faces_P50", block=True))
 
 
 def test_messages_name_the_params_file_given():
-    with pytest.raises(ConfigError, match=r"^my/params-2.yaml: datasets.faces.image_size: "):
-        dataset_config("faces", with_change("datasets", "faces", image_size=2),
+    with pytest.raises(ConfigError, match=r"^my/params-2.yaml: bundled.faces.image_size: "):
+        dataset_config("faces", with_change("bundled", "faces", image_size=2),
                        Path("my/params-2.yaml"))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"bundled": {"mine": {"kind": "images", "source": "data/raw/mine", "image_size": 8}}},
+     r"bundled.mine.source: 'data/raw/mine' is a path: move mine under datasets:"),
+    ({"datasets": {"faces": {"kind": "images", "source": "bundled:lfw_faces", "image_size": 8}}},
+     r"datasets.faces.source: 'bundled:lfw_faces' ships inside a package: move faces under bundled:"),
+    ({"bundled": {"faces": {"kind": "images", "source": "bundled:lfw_faces", "image_size": 8}},
+      "datasets": {"faces": {"kind": "images", "source": "raw", "image_size": 8}}},
+     r"faces is both in bundled and in datasets; names must be unique"),
+])
+def test_each_data_set_group_holds_its_own_kind_of_source(params, message):
+    """bundled: stages depend on no file and datasets: stages on their source path, so a
+    source in the wrong group would make DVC miss a change or fail on a path that is none."""
+    with pytest.raises(ConfigError, match=message):
+        dataset_config("mine" if "mine" in str(params) else "faces", params)

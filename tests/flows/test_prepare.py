@@ -3,7 +3,9 @@ the bundled defaults, and bad input that must fail cleanly and leave nothing beh
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 import yaml
 from media import write_images, write_tone, write_video
@@ -20,6 +22,149 @@ def run(tmp_path: Path, params: dict, name: str) -> int:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return main([name, "--params", str(tmp_path / "params.yaml"),
                  "--prepared-root", str(tmp_path / "prepared")])
+
+
+def closest_training_clip(folder: Path, clip_length: int) -> int | None:
+    """The fewest frames or samples between a test clip and a training clip of the same
+    file (negative: they overlap), from the clip_file and clip_start recorded with each
+    clip; None when no test clip shares a file with a training clip."""
+    train, test = read_split(folder, "train"), read_split(folder, "test")
+    closest = None
+    for file, start in zip(test["clip_file"].tolist(), test["clip_start"].tolist()):
+        starts = train["clip_start"][train["clip_file"] == file]
+        if len(starts):
+            # Clips [a, a+L) and [b, b+L) leave |a − b| − L frames or samples between them.
+            between = int((starts - start).abs().min()) - clip_length
+            closest = between if closest is None else min(closest, between)
+    return closest
+
+
+def test_several_videos_split_by_whole_files_and_other_frame_rates_are_resampled(tmp_path):
+    for i in range(5):
+        write_video(tmp_path / "raw" / f"v{i}.mp4", n_frames=12, fps=10)
+    write_video(tmp_path / "raw" / "v5_fast.mp4", n_frames=24, fps=20)  # 1.2 s as well
+    params = {"datasets": {"vid": {"kind": "video", "source": str(tmp_path / "raw"),
+                                   "image_size": 8, "channels": 1, "clip_frames": 4,
+                                   "clip_stride": 2, "test_fraction": 0.2, "split_seed": 3}}}
+    assert run(tmp_path, params, "vid") == 0
+    folder = tmp_path / "prepared" / "vid"
+    manifest = read_manifest(folder)
+    split = manifest["split"]
+    assert split["by"] == "file" and len(split["test_files"]) == 1
+    assert sorted(split["train_files"] + split["test_files"]) == split["files"]
+    assert split["files"] == ["v0.mp4", "v1.mp4", "v2.mp4", "v3.mp4", "v4.mp4", "v5_fast.mp4"]
+    assert manifest["counts"] == {"train": 25, "test": 5}  # 5 clips per file, 12 frames each
+    assert closest_training_clip(folder, 4) is None  # no file on both sides
+    for side in ("train", "test"):
+        tensors = read_split(folder, side)
+        assert {split["files"][f] for f in tensors["clip_file"].tolist()} == \
+            set(split[f"{side}_files"])
+        # The recorded start is where the clip's content comes from (frame i has level 20·i,
+        # at 10 fps, so the resampled 20 fps file shows every other frame).
+        level = (tensors["x"][:, 0, 0].mean(dim=(1, 2)) + 1) * 127.5
+        fast = torch.tensor([split["files"][f] == "v5_fast.mp4"
+                             for f in tensors["clip_file"].tolist()])
+        expected = 20 * tensors["clip_start"] * torch.where(fast, 2, 1) % 256
+        torch.testing.assert_close(level, expected.float(), atol=4, rtol=0)
+    assert manifest["fps"] == 10 and manifest["source_fps"]["v5_fast.mp4"] == 20
+    assert manifest["resampled"]["files"] == ["v5_fast.mp4"]
+    assert manifest["resampled"]["to_fps"] == 10
+
+
+def test_one_sound_splits_by_time_and_no_test_clip_touches_a_training_clip(tmp_path):
+    ramp = np.linspace(-0.9, 0.9, 24000, dtype=np.float32)  # every sample a value of its own
+    soundfile.write(str(tmp_path / "speech.wav"), ramp, 8000, subtype="FLOAT")
+    params = {"datasets": {"one": {"kind": "audio", "source": str(tmp_path / "speech.wav"),
+                                   "sample_rate": 8000, "clip_length": 1024,
+                                   "clip_stride": 512, "peak_normalize": False,
+                                   "test_fraction": 0.2}}}
+    assert run(tmp_path, params, "one") == 0
+    folder = tmp_path / "prepared" / "one"
+    manifest = read_manifest(folder)
+    split = manifest["split"]
+    assert split["by"] == "time" and split["files"] == ["speech.wav"]
+    assert split["gap"] == 1024 and split["unit"] == "samples"
+    # 45 clips: the last 9 are test, 3 give way to the gap
+    assert manifest["counts"] == {"train": 33, "test": 9} and split["unused_clips"] == 3
+    assert closest_training_clip(folder, 1024) >= 1024
+    train_end, test_start = split["stretches"][0]["train"][1], split["stretches"][0]["test"][0]
+    assert test_start - train_end >= 1024
+    for side in ("train", "test"):
+        tensors = read_split(folder, side)
+        for clip, start in zip(tensors["x"], tensors["clip_start"].tolist()):
+            assert torch.equal(clip[0], torch.from_numpy(ramp[start:start + 1024]))
+    assert manifest["channels_mixed"]["files"] == 0
+
+
+def test_the_bundled_single_files_hold_out_a_stretch_of_their_own(tmp_path):
+    # The defaults: bikes.mp4 (250 frames) and speech.wav (30 s), one file each. Before the
+    # split by time, 11 of 12 bikes test clips and all 23 speech test clips shared frames
+    # or samples with training clips.
+    bundled = {
+        "bikes": {"kind": "video", "source": "bundled:bikes.mp4", "image_size": 32,
+                  "channels": 3, "clip_frames": 8, "clip_stride": 4, "test_fraction": 0.2},
+        "speech": {"kind": "audio", "source": "bundled:speech.wav", "sample_rate": 8000,
+                   "clip_length": 4096, "clip_stride": 2048, "test_fraction": 0.2}}
+    for name, clip_length, counts in [("bikes", 8, {"train": 46, "test": 12}),
+                                      ("speech", 4096, {"train": 90, "test": 23})]:
+        assert run(tmp_path, {"bundled": bundled}, name) == 0
+        folder = tmp_path / "prepared" / name
+        manifest = read_manifest(folder)
+        assert manifest["split"]["by"] == "time", name
+        assert len(manifest["split"]["files"]) == 1 and "/" not in manifest["split"]["files"][0]
+        assert manifest["counts"] == counts
+        assert closest_training_clip(folder, clip_length) >= clip_length, name
+
+
+def test_padded_sounds_carry_a_mask_into_their_variants(tmp_path):
+    write_tone(tmp_path / "raw" / "long.wav", seconds=1.0, rate=8000)  # 7 clips of 2048 at 1024
+    write_tone(tmp_path / "raw" / "short.wav", seconds=0.125, rate=8000)  # 1000 samples
+    params = {
+        "datasets": {"snd": {"kind": "audio", "source": str(tmp_path / "raw"),
+                             "sample_rate": 8000, "clip_length": 2048, "clip_stride": 1024,
+                             "test_fraction": 0.2, "pad_short": True}},
+        "variants": {
+            "snd_gaps": {"kind": "occlusion", "base": "snd", "pattern": "missing_segments",
+                         "hidden_fraction": 0.2, "block": 64},
+            "snd_half": {"kind": "subsample", "base": "snd", "sample_step": 2}},
+    }
+    assert run(tmp_path, params, "snd") == 0
+    root = tmp_path / "prepared"
+    manifest = read_manifest(root / "snd")
+    assert manifest["padded"]["files"] == 1 and manifest["padded"]["first"] == ["short.wav"]
+    # two files at test_fraction 0.2: split by time within each file; the short one is
+    # its single clip, which stays in training
+    assert manifest["split"]["by"] == "time"
+    train = read_split(root / "snd", "train")
+    padded = train["clip_file"] == manifest["split"]["files"].index("short.wav")
+    assert padded.sum() == 1 and train["mask"].shape == train["x"].shape
+    assert train["mask"][padded, 0, :1000].all() and not train["mask"][padded, 0, 1000:].any()
+    assert train["mask"][~padded].all()
+
+    assert run(tmp_path, params, "snd_gaps") == 0
+    gaps = read_split(root / "snd_gaps", "train")
+    assert not gaps["mask"][padded, 0, 1000:].any()  # the padding stays hidden
+    assert not gaps["mask"][~padded].all()  # and the occlusion hides more
+    assert run(tmp_path, params, "snd_half") == 0
+    half = read_split(root / "snd_half", "train")
+    assert half["mask"].shape == half["x"].shape == (len(train["x"]), 1, 1024)
+    assert torch.equal(half["mask"], train["mask"][..., ::2])
+    assert torch.equal(half["clip_start"], train["clip_start"])
+
+
+def test_compressed_measurements_of_padded_sounds_are_refused(tmp_path, capsys):
+    write_tone(tmp_path / "raw" / "short.wav", seconds=0.125, rate=8000)
+    write_tone(tmp_path / "raw" / "long.wav", seconds=1.0, rate=8000)
+    params = {
+        "datasets": {"snd": {"kind": "audio", "source": str(tmp_path / "raw"),
+                             "sample_rate": 8000, "clip_length": 2048, "clip_stride": 1024,
+                             "test_fraction": 0.2, "pad_short": True}},
+        "variants": {"snd_cs": {"kind": "compressed", "base": "snd", "operator": "gaussian",
+                                "ratio": 0.1}}}
+    assert run(tmp_path, params, "snd") == 0
+    assert run(tmp_path, params, "snd_cs") == 2
+    assert "variants.snd_cs.base: snd holds sounds zero-padded" in capsys.readouterr().err
+    assert not (tmp_path / "prepared" / "snd_cs").exists()
 
 
 def test_image_folder_with_occlusion_compression_and_subsampling(tmp_path):
@@ -98,9 +243,9 @@ def test_audio_folder_with_missing_segments(tmp_path):
 
 def test_every_default_in_params_yaml_is_valid_and_a_bundled_one_prepares(tmp_path):
     params = load_params(REPO / "params.yaml")
-    for name in [*params["datasets"], *params["variants"]]:
+    for name in [*params["bundled"], *(params["datasets"] or {}), *params["variants"]]:
         dataset_config(name, params)
-    assert run(tmp_path, {"datasets": {"faces": params["datasets"]["faces"]}}, "faces") == 0
+    assert run(tmp_path, {"bundled": {"faces": params["bundled"]["faces"]}}, "faces") == 0
     manifest = read_manifest(tmp_path / "prepared" / "faces")
     assert manifest["counts"] == {"train": 80, "test": 20}
     assert len(manifest["inputs"]["sha256"]) == 64
