@@ -1,19 +1,25 @@
-"""Writing signals as media a person can look at or listen to: image grids (PNG), video
-(mp4, H.264 via PyAV), sound (wav via soundfile) and spectrograms (PNG).
+"""Writing signals as media a person can look at or listen to: image grids (PNG, rows
+optionally labelled), video (mp4, H.264 via PyAV), sound (wav via soundfile) and
+spectrograms (decibels, for a plot with axes).
 
-Signals are in [−1, 1] as everywhere in the project.
+Signals are in [−1, 1] as everywhere in the project. Clips and sounds are a fraction of a
+second long (8 frames at 25 fps, 4096 samples at 8 kHz), so the writers repeat or join them
+until a file lasts at least `min_seconds`: long enough to watch or hear.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
 import numpy as np
 import soundfile
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+MIN_SECONDS = 3.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -34,11 +40,39 @@ def image_grid(images: torch.Tensor, *, ncol: int | None = None, pad: int = 1) -
     return grid
 
 
-def side_by_side(*rows: torch.Tensor) -> np.ndarray:
-    """Rows of images (e.g. data, observed, recovered), one row per tensor, as one grid."""
+def labelled_grid(images: torch.Tensor, labels: Sequence[str] | None, *, ncol: int,
+                  min_side: int = 256, min_cell: int = 40, pad: int = 1) -> np.ndarray:
+    """image_grid with `ncol` images a row, enlarged (nearest neighbours) so that a cell is at
+    least `min_cell` and the grid at least `min_side` pixels high, with each row's label in
+    a white margin on its left. The enlargement comes first so that text of a readable size
+    fits beside rows of 8×8 digits."""
+    grid = image_grid(images, ncol=ncol, pad=pad)
+    n_rows = math.ceil(images.shape[0] / ncol)
+    cell = images.shape[-2] + pad
+    scale = max(1, math.ceil(min_cell / cell), math.ceil(min_side / grid.shape[0]))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    if not labels:
+        return grid
+    if len(labels) != n_rows:
+        raise ValueError(f"{len(labels)} labels for {n_rows} rows")
+    font = ImageFont.load_default(size=max(11, min(18, cell * scale // 3)))
+    widths = [ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font) for t in labels]
+    margin = math.ceil(max(widths)) + 12
+    canvas = Image.new("RGB", (grid.shape[1] + margin, grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, text in enumerate(labels):
+        middle = (pad + row * cell + (cell - pad) / 2) * scale
+        draw.text((6, middle), text, fill="black", font=font, anchor="lm")
+    return np.asarray(canvas)
+
+
+def side_by_side(*rows: torch.Tensor, labels: Sequence[str] | None = None) -> np.ndarray:
+    """Rows of images (e.g. truth, observed, recovered), one row per tensor, as one grid,
+    each row labelled if `labels` are given."""
     n = rows[0].shape[0]
     interleaved = torch.cat([r[:n].float().cpu() for r in rows])
-    return image_grid(interleaved, ncol=n)
+    return labelled_grid(interleaved, labels, ncol=n)
 
 
 def save_png(array: np.ndarray, path: Path, *, min_side: int = 256) -> Path:
@@ -53,27 +87,53 @@ def save_png(array: np.ndarray, path: Path, *, min_side: int = 256) -> Path:
 
 def clip_frames_grid(clips: torch.Tensor) -> np.ndarray:
     """N×C×T×H×W clips → a grid with one clip per row, its frames left to right."""
+    return image_grid(frames_of(clips), ncol=clips.shape[2])
+
+
+def frames_of(clips: torch.Tensor) -> torch.Tensor:
+    """N×C×T×H×W clips → their N·T frames (N·T×C×H×W), each clip's frames in order."""
     n, c, t, h, w = clips.shape
-    return image_grid(clips.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w), ncol=t)
+    return clips.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
 
 
-def write_mp4(clips: torch.Tensor, path: Path, *, fps: float = 8, min_side: int = 128) -> Path:
-    """N×C×T×H×W clips → one H.264 mp4 showing the clips side by side, frame by frame."""
+def write_mp4(clips: torch.Tensor, path: Path, *, fps: float = 8, min_side: int = 128,
+              ncol: int | None = None, labels: Sequence[str] | None = None,
+              min_seconds: float = MIN_SECONDS) -> Path:
+    """N×C×T×H×W clips → one H.264 mp4 showing the clips side by side (`ncol` a row, rows
+    labelled if `labels` are given), frame by frame, the whole looped until it lasts at
+    least `min_seconds`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [image_grid(clips[:, :, t]) for t in range(clips.shape[2])]
-    scale = max(1, math.ceil(min_side / min(frames[0].shape[:2])))
-    height, width = (2 * math.ceil(s * scale / 2) for s in frames[0].shape[:2])  # even sides
+    n, t = clips.shape[0], clips.shape[2]
+    ncol = ncol or math.ceil(math.sqrt(n))
+    frames = [labelled_grid(clips[:, :, i], labels, ncol=ncol, min_side=min_side, min_cell=1)
+              for i in range(t)]
+    height, width = (2 * math.ceil(s / 2) for s in frames[0].shape[:2])  # H.264: even sides
+    rate = max(1, round(fps))
+    loops = max(1, math.ceil(min_seconds * rate / t))
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=max(1, round(fps)))
+        stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame in frames:
-            image = Image.fromarray(frame).resize((width, height), Image.Resampling.NEAREST)
-            for packet in stream.encode(av.VideoFrame.from_image(image)):
-                container.mux(packet)
+        pictures = [av.VideoFrame.from_image(Image.fromarray(f).resize((width, height),
+                                                                       Image.Resampling.NEAREST))
+                    for f in frames]
+        for _ in range(loops):
+            for picture in pictures:
+                for packet in stream.encode(picture):
+                    container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def joined_sounds(waves: torch.Tensor, *, sample_rate: int, gap_seconds: float = 0.25,
+                  min_seconds: float = MIN_SECONDS) -> torch.Tensor:
+    """N sounds (N×1×L or N×L) → one waveform: each followed by `gap_seconds` of silence, the
+    sequence repeated until it lasts at least `min_seconds`."""
+    waves = waves.detach().float().cpu().reshape(waves.shape[0], -1)
+    gap = torch.zeros(waves.shape[0], round(gap_seconds * sample_rate))
+    once = torch.cat([waves, gap], dim=1).reshape(-1)
+    return once.repeat(max(1, math.ceil(min_seconds * sample_rate / once.numel())))
 
 
 def write_wav(wave: torch.Tensor, path: Path, *, sample_rate: int) -> Path:
@@ -85,13 +145,24 @@ def write_wav(wave: torch.Tensor, path: Path, *, sample_rate: int) -> Path:
     return path
 
 
-def spectrogram(wave: torch.Tensor, *, n_fft: int = 256) -> np.ndarray:
-    """Log-magnitude spectrogram of a waveform as a uint8 image, low frequencies at the bottom."""
+def duration_seconds(path: Path) -> float:
+    """How long an mp4 or wav written here lasts."""
+    path = Path(path)
+    if path.suffix == ".wav":
+        return soundfile.info(str(path)).duration
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return float(stream.frames / stream.average_rate)
+
+
+def spectrogram_db(wave: torch.Tensor, *, n_fft: int = 256) -> np.ndarray:
+    """Log-magnitude spectrogram of a waveform in decibels (at most 80 dB below its peak),
+    frequency × time, row 0 the lowest frequency; frames are n_fft/4 samples apart and rows
+    span 0 to half the sample rate, for a plot's axes."""
     signal = wave.detach().float().cpu().reshape(-1)
+    n_fft = min(n_fft, 2 ** int(math.log2(signal.numel())))  # clips shorter than the window
     window = torch.hann_window(n_fft)
     magnitude = torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window,
                            return_complex=True).abs()
     decibels = 20 * torch.log10(magnitude + 1e-6)
-    decibels = decibels.clamp(min=decibels.max() - 80)  # 80 dB of dynamic range
-    scaled = (decibels - decibels.min()) / (decibels.max() - decibels.min() + 1e-12)
-    return (scaled.flip(0) * 255).round().to(torch.uint8).numpy()
+    return decibels.clamp(min=decibels.max() - 80).numpy()  # 80 dB of dynamic range

@@ -6,8 +6,11 @@ models/<experiment>/
     history.json       per-epoch energy and reconstruction error
     mlflow_run.json    the MLflow run (and logged model) this training recorded into
     checkpoints/last.pt  full training state (persists across DVC reruns: resume)
+metrics/experiments/<experiment>.json
+    the evaluation's errors, flat numbers (`dvc metrics diff` columns), committed with git
+    beside params.yaml so that versions compare (metrics/summary.json is the report's)
 reports/experiments/<experiment>/
-    metrics.json, figures/
+    figures/ (PNG), media/ (mp4, wav and index.json, the list of what was written)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from abp.train import EXECUTION_SWITCHES
 from flows.config import ConfigError, ExperimentConfig, experiment_config, load_params
 
 PREPARED_ROOT, MODELS_ROOT, REPORTS_ROOT = Path("data/prepared"), Path("models"), Path("reports")
+METRICS_ROOT = Path("metrics")
 
 
 @dataclass
@@ -40,6 +44,11 @@ class Experiment:
     model_folder: Path
     report_folder: Path
     params_file: Path = Path("params.yaml")
+    metrics_root: Path = METRICS_ROOT
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.metrics_root / "experiments" / f"{self.name}.json"
 
     @property
     def kind(self) -> str:
@@ -98,12 +107,13 @@ class Experiment:
 
 def load_experiment(name: str, params_file: Path = Path("params.yaml"),
                     prepared_root: Path = PREPARED_ROOT, models_root: Path = MODELS_ROOT,
-                    reports_root: Path = REPORTS_ROOT) -> Experiment:
+                    reports_root: Path = REPORTS_ROOT,
+                    metrics_root: Path = METRICS_ROOT) -> Experiment:
     cfg = experiment_config(name, load_params(params_file), params_file)
     folder = Path(prepared_root) / cfg.dataset
     return Experiment(name, cfg, datasets.read_manifest(folder), folder,
                       Path(models_root) / name, Path(reports_root) / "experiments" / name,
-                      Path(params_file))
+                      Path(params_file), Path(metrics_root))
 
 
 def write_json(path: Path, content: Any) -> Path:
@@ -136,5 +146,8 @@ def experiment_arguments(description: str, *, reports: bool = False) -> argparse
     parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
     parser.add_argument("--models-root", default=str(MODELS_ROOT))
     if reports:
-        parser.add_argument("--reports-root", default=str(REPORTS_ROOT))
+        parser.add_argument("--reports-root", default=str(REPORTS_ROOT),
+                            help="figures and media go to <root>/experiments/<experiment>/")
+        parser.add_argument("--metrics-root", default=str(METRICS_ROOT),
+                            help="the errors go to <root>/experiments/<experiment>.json")
     return parser

@@ -1,15 +1,23 @@
-"""The paper's comparisons gathered from every evaluated experiment into one report.
+"""ABP against its baselines, gathered from every evaluated experiment into one report.
 
     python -m flows.report
 
-Reads params.yaml and reports/experiments/<experiment>/metrics.json, and writes
+Reads params.yaml and metrics/experiments/<experiment>.json (python -m flows.evaluate), and
+writes
 
-- reports/summary.json: per data set, `reconstruction.d<d>.{abp,pca}` (held-out
-  reconstruction), `occlusion.<P50|P70|P90|M20|M30>.{abp,pca}` (recovery of the occluded
-  training pixels), `compressed.<kind>_<ratio>.{abp,pca}` (recovery of the training signals
-  from their measurements): mean absolute errors on the [0, 1] scale;
+- metrics/summary.json, flat numbers for `dvc metrics`: `experiments.<experiment>.<error>.
+  {abp,pca,trivial}` for every evaluated experiment (with its pca_components and
+  latent_size), <error> being its held-out error where it has a test split and its training
+  error otherwise, over the hidden entries for occluded data; and per data set the paper's
+  comparisons, `reconstruction.d<d>` (held-out reconstruction), `occlusion.<P50|…|M30>`
+  (recovery of the occluded training pixels), `compressed.<kind>_<ratio>` (recovery of the
+  training signals from their measurements), each `{abp, pca, trivial}`: mean absolute
+  errors on the [0, 1] scale;
 - reports/plots/*.json for `dvc plots` and reports/figures/*.png;
-- reports/REPORT.md: the tables shaped like the paper's, with the figures, readable offline.
+- reports/REPORT.md: every experiment beside its baselines, the tables shaped like the
+  paper's, notes computed from the numbers (where ABP loses and by how much, overfitting,
+  a PCA with fewer components than the latent size), the optional `report.notes` of
+  params.yaml, and the figures and media, readable offline.
 """
 
 from __future__ import annotations
@@ -25,20 +33,40 @@ import matplotlib
 from prefect import flow, get_run_logger
 
 from flows.config import ConfigError, dataset_config, experiment_config, load_params
-from flows.experiment import REPORTS_ROOT, write_json
+from flows.experiment import METRICS_ROOT, REPORTS_ROOT, write_json
 from flows.process import prefect_server_for_this_process, run_command
 
 matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib import pyplot as plt
+
+METHODS = ("abp", "pca", "trivial")
+# The error an experiment is judged by: held-out where there is a test split, the hidden
+# entries' where some are hidden (the observed ones are kept, by every method alike).
+HEADLINE = ("heldout_hidden_mae", "heldout_mae", "train_hidden_mae", "train_mae")
+ERROR_NAMES = {"heldout_hidden_mae": "held-out, hidden entries", "heldout_mae": "held-out",
+               "train_hidden_mae": "training, hidden entries", "train_mae": "training"}
+OVERFITTING = 1.5  # held-out error at least this many times the training error
+NARROW = 0.05  # a win by less than 5 % of the better baseline's error is a narrow one
+
+
+def headline(metrics: dict[str, float]) -> str:
+    return next(key for key in HEADLINE if key in metrics)
+
+
+def base_kind(dataset: str, params: dict) -> str | None:
+    """images, video or audio: the kind of data a data set or variant holds."""
+    data = dataset_config(dataset, params)
+    base = getattr(data, "base", None)
+    return base_kind(base, params) if base else data.kind
 
 
 def comparison(name: str, params: dict, metrics: dict[str, float]) -> tuple[str, str, str] | None:
-    """(data set, section, setting) of an experiment for the summary, or None if it is
-    not one of the paper's comparisons (no PCA counterpart)."""
+    """(data set, section, setting) of an experiment in the paper's comparisons, or None if
+    it is not one of them."""
     exp = experiment_config(name, params)
     data = dataset_config(exp.dataset, params)
-    latent_dim = exp.generator.get("latent_dim")
-    if latent_dim is None or not any(k.startswith("pca_") for k in metrics):
+    latent_size = metrics.get("latent_size", exp.generator.get("latent_dim"))
+    if latent_size is None or not any(k.startswith("pca_") for k in metrics):
         return None
     kind = getattr(data, "kind", None)
     if kind == "occlusion":
@@ -49,7 +77,7 @@ def comparison(name: str, params: dict, metrics: dict[str, float]) -> tuple[str,
         ratio = data.ratio if data.operator == "gaussian" else 1 / data.block ** 2
         return data.base, "compressed", f"{data.operator}_{ratio:g}"
     if kind in ("images", "video", "audio"):
-        return exp.dataset, "reconstruction", f"d{latent_dim}"
+        return exp.dataset, "reconstruction", f"d{latent_size:g}"
     return None
 
 
@@ -58,23 +86,37 @@ SCORES = {"reconstruction": ("heldout_mae", "held-out reconstruction"),
           "compressed": ("train_mae", "recovery of training signals from measurements")}
 
 
-def summarise(params: dict, reports_root: Path) -> tuple[dict, dict]:
+def read_metrics(params: dict, metrics_root: Path) -> dict[str, dict[str, float]]:
+    """{experiment: its metrics} for the experiments of params that have been evaluated."""
+    found = {}
+    for name in params.get("experiments") or {}:
+        path = metrics_root / "experiments" / f"{name}.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def methods(metrics: dict[str, float], key: str) -> dict[str, float]:
+    """{abp, pca, trivial: the error `key`} for the methods that have it."""
+    prefixed = {"abp": key, "pca": f"pca_{key}", "trivial": f"trivial_{key}"}
+    return {m: metrics[k] for m, k in prefixed.items() if k in metrics}
+
+
+def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, dict]:
     summary: dict[str, Any] = defaultdict(lambda: defaultdict(dict))
     sources: dict[str, str] = {}
-    for name in params.get("experiments", {}):
-        path = reports_root / "experiments" / name / "metrics.json"
-        if not path.is_file():
-            continue
-        metrics = json.loads(path.read_text())
+    for name, metrics in found.items():
+        key = headline(metrics)
+        summary["experiments"][name] = {key: methods(metrics, key), **{
+            size: metrics[size] for size in ("pca_components", "latent_size") if size in metrics}}
         placed = comparison(name, params, metrics)
         if placed is None:
             continue
         dataset, section, setting = placed
-        key = SCORES[section][0]
-        if key not in metrics or f"pca_{key}" not in metrics:
-            continue
-        summary[dataset][section][setting] = {"abp": metrics[key], "pca": metrics[f"pca_{key}"]}
-        sources[f"{dataset}.{section}.{setting}"] = name
+        scores = methods(metrics, SCORES[section][0])
+        if {"abp", "pca"} <= set(scores):
+            summary[dataset][section][setting] = scores
+            sources[f"{dataset}.{section}.{setting}"] = name
     return json.loads(json.dumps(summary)), sources
 
 
@@ -83,81 +125,249 @@ def _order(setting: str) -> tuple:
     return (setting[0], float(digits) if digits.strip(".") else 0.0)
 
 
-QUALITATIVE = ("samples", "latent_grid", "large_texture", "reconstructions", "samples_frames",
-               "recovered_frames", "samples_spectrograms", "recovered_spectrograms")
+def trivial_name(name: str, params: dict) -> str:
+    exp = experiment_config(name, params)
+    return "silence" if base_kind(exp.dataset, params) == "audio" else "the mean signal"
+
+
+def pca_name(metrics: dict[str, float]) -> str:
+    return f"PCA (d = {metrics['pca_components']:g})" if "pca_components" in metrics else "PCA"
+
+
+def losses(name: str, metrics: dict[str, float], params: dict) -> str | None:
+    """A sentence naming the baselines ABP does not beat on its headline error, and by how
+    much; None where it beats both."""
+    key = headline(metrics)
+    scores = methods(metrics, key)
+    names = {"pca": pca_name(metrics), "trivial": trivial_name(name, params)}
+    lost = [f"that of {names[m]}, {scores[m]:.4f}, by {scores['abp'] - scores[m]:.4f}"
+            + (f" ({100 * (scores['abp'] / scores[m] - 1):.0f} %)" if scores[m] > 0 else "")
+            for m in ("pca", "trivial") if m in scores and scores["abp"] >= scores[m]]
+    if not lost:
+        return None
+    return (f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is above "
+            + ", and ".join(lost) + ".")
+
+
+def narrow_win(name: str, metrics: dict[str, float], params: dict) -> str | None:
+    """A sentence when ABP beats both baselines, but the better one by less than NARROW."""
+    key = headline(metrics)
+    scores = methods(metrics, key)
+    baselines = {m: v for m, v in scores.items() if m != "abp"}
+    if not baselines or "abp" not in scores:
+        return None
+    best = min(baselines, key=baselines.get)
+    if not scores["abp"] < baselines[best] < scores["abp"] * (1 + NARROW):
+        return None
+    names = {"pca": pca_name(metrics), "trivial": trivial_name(name, params)}
+    return (f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is below that of "
+            f"{names[best]}, {baselines[best]:.4f}, but only by "
+            f"{baselines[best] - scores['abp']:.4f} "
+            f"({100 * (1 - scores['abp'] / baselines[best]):.0f} %): look at the figures "
+            "and media before trusting the difference.")
+
+
+def blind_baselines(name: str, metrics: dict[str, float], params: dict) -> bool:
+    """Whether PCA does exactly as well as the mean signal on compressed data."""
+    data = dataset_config(experiment_config(name, params).dataset, params)
+    scores = methods(metrics, headline(metrics))
+    return (getattr(data, "kind", None) == "compressed" and {"pca", "trivial"} <= set(scores)
+            and abs(scores["pca"] - scores["trivial"]) <= 1e-6 * max(scores["pca"], 1e-12))
+
+
+def overfitting(name: str, metrics: dict[str, float]) -> str | None:
+    """A sentence when the training error is far below the held-out error."""
+    for hidden in ("_hidden", ""):
+        train, heldout = metrics.get(f"train{hidden}_mae"), metrics.get(f"heldout{hidden}_mae")
+        if train is not None and heldout is not None:
+            break
+    else:
+        return None
+    if heldout < OVERFITTING * train:
+        return None
+    examples = (f"its {metrics['train_examples']:g} training signals"
+                if "train_examples" in metrics else "its training signals")
+    return (f"`{name}`: training error {train:.4f} against held-out {heldout:.4f} "
+            f"({heldout / train:.1f}×): the generator fits {examples} far better than new "
+            "ones (overfitting). More data, a smaller generator, or choosing the epoch on a "
+            "validation split carved from the training data would tell.")
+
+
+def capped(name: str, metrics: dict[str, float]) -> str | None:
+    """A sentence when PCA had fewer components than ABP's latent size."""
+    d, size = metrics.get("pca_components"), metrics.get("latent_size")
+    if d is None or size is None or d >= size:
+        return None
+    n = metrics.get("train_examples")
+    why = (f"{n:g} training examples span at most {n - 1:g} dimensions (n − 1)"
+           if n is not None and d == n - 1 else "the signal has no more entries")
+    sentence = f"`{name}`: PCA has d = {d:g} components, not ABP's latent size {size:g}: {why}."
+    if "heldout_mae" not in metrics and metrics.get("pca_train_mae", 1) < 1e-6:
+        sentence += (" With d = n − 1 it reproduces every training signal exactly (error 0), "
+                     "and without a test split nothing tells it apart from a good model.")
+    return sentence
+
+
+def computed_notes(params: dict, found: dict[str, dict[str, float]]) -> list[str]:
+    """Notes written from the numbers, one bullet each, experiment by experiment."""
+    notes = []
+    if found:
+        beaten = [n for n, m in found.items() if losses(n, m, params) is None]
+        notes.append(f"ABP's error is below both baselines' in {len(beaten)} of {len(found)} "
+                     "evaluated experiments.")
+    for name, metrics in found.items():
+        notes += [s for s in (losses(name, metrics, params), narrow_win(name, metrics, params),
+                              overfitting(name, metrics), capped(name, metrics)) if s]
+    blind = [n for n, m in found.items() if blind_baselines(n, m, params)]
+    if blind:
+        # With one operator A for all examples, what lies in A's null space never reaches a
+        # linear model learned from the measurements: both baselines give A⁺y.
+        notes.append(", ".join(f"`{n}`" for n in blind) + ": PCA scores exactly as the mean "
+                     "signal does. Learned from measurements through one operator A shared by "
+                     "every example, a linear model never sees A's null space, so both recover "
+                     "A⁺y, the least-norm signal the measurements allow.")
+    missing = [n for n in params.get("experiments") or {} if n not in found]
+    if missing:
+        notes.append("Not evaluated yet (no metrics file): "
+                     + ", ".join(f"`{n}`" for n in missing) + ".")
+    return notes
+
+
+def bar_chart(settings: dict[str, dict[str, float]], order: list[str], title: str,
+              path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 3.4))
+    shown = [m for m in METHODS if any(m in settings[s] for s in order)]
+    width = 0.8 / len(shown)
+    for i, method in enumerate(shown):
+        offset = (i - (len(shown) - 1) / 2) * width
+        ax.bar([p + offset for p in range(len(order))],
+               [settings[s].get(method, float("nan")) for s in order], width=width,
+               label={"abp": "ABP", "pca": "PCA", "trivial": "trivial"}[method])
+    ax.set_xticks(list(range(len(order))), order, rotation=30 if len(order) > 6 else 0,
+                  ha="right" if len(order) > 6 else "center")
+    ax.set(ylabel="mean |error| on [0, 1]", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cell(value: float | None, best: bool) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.4f} ({255 * value:.1f})"
+    return f"**{text}**" if best else text
+
+
+def experiments_section(params: dict, found: dict[str, dict[str, float]], summary: dict,
+                        figures: Path, plots: Path) -> list[str]:
+    lines = ["## Every experiment", "",
+             ("Each experiment's held-out error where it has a test split, its training error "
+              "otherwise (over the hidden entries for occluded data); the lowest in bold."), "",
+             "| experiment | data | error | ABP | PCA | trivial | ABP training error |",
+             "|---|---|---|---|---|---|---|"]
+    for name, metrics in found.items():
+        key = headline(metrics)
+        scores = methods(metrics, key)
+        lowest = min(scores.values())
+        d = (f" d={metrics['pca_components']:g} of {metrics['latent_size']:g}"
+             if "pca_components" in metrics and "latent_size" in metrics else "")
+        train_key = "train_hidden_mae" if "train_hidden_mae" in metrics else "train_mae"
+        abp, pca, trivial = (cell(scores.get(m), scores.get(m) == lowest) for m in METHODS)
+        lines.append(f"| `{name}` | {experiment_config(name, params).dataset} | "
+                     f"{ERROR_NAMES[key]} | {abp} | {pca}{d} | {trivial} "
+                     f"({trivial_name(name, params).removeprefix('the ')}) | "
+                     f"{cell(metrics.get(train_key), False)} |")
+    if not found:
+        return lines + ["", "No experiment has been evaluated yet.", ""]
+    settings = {n: s[headline(found[n])] for n, s in summary["experiments"].items()}
+    write_json(plots / "experiments.json", [{"setting": n, "method": m, "error": v}
+                                            for n, s in settings.items() for m, v in s.items()])
+    bar_chart(settings, list(settings), "every experiment against its baselines",
+              figures / "experiments.png")
+    return lines + ["", "![every experiment](figures/experiments.png)", ""]
+
+
+QUALITATIVE = ("samples", "samples_frames", "samples_spectrograms", "reconstructions",
+               "latent_grid", "large_texture")
 
 
 def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]:
     """Links to every experiment's PNG figures (sample grids from the prior, the d = 2
-    latent grid, larger textures, video frames, spectrograms, data / observed / recovered)."""
+    latent grid, larger textures, video frames, spectrograms, truth / observed / ABP / PCA)
+    and to its mp4 and wav files."""
     lines = ["## Qualitative results", "",
-             "Rows of reconstruction figures: the data, what the model saw (occluded "
-             "variants), the recovery. Video and sound are under `experiments/<experiment>/media/` "
-             "as mp4 and wav.", ""]
+             ("Rows of reconstruction figures are labelled: the truth, what the model saw "
+              "(occluded or compressed data), ABP's recovery and PCA's."), ""]
     for name in experiments:
-        figures = reports_root / "experiments" / name / "figures"
+        folder = reports_root / "experiments" / name
         shown = [f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"
-                 for stem in QUALITATIVE if (figures / f"{stem}.png").is_file()]
-        if shown:
+                 for stem in QUALITATIVE if (folder / "figures" / f"{stem}.png").is_file()]
+        heard = [f"[{p.name}](experiments/{name}/media/{p.name})"
+                 for p in sorted((folder / "media").glob("*")) if p.suffix in (".mp4", ".wav")]
+        if shown or heard:
             lines += [f"### {name}", "", *shown, ""]
+            lines += ["Media: " + ", ".join(heard), ""] if heard else []
     return lines
 
 
-def write_outputs(summary: dict, sources: dict, reports_root: Path, *,
-                  experiments: list[str] = (), notes: str = "") -> list[Path]:
+def write_outputs(params: dict, found: dict[str, dict[str, float]], reports_root: Path,
+                  metrics_root: Path, *, notes: str = "") -> dict:
+    """Write the summary, plots, figures and REPORT.md; return the summary."""
+    summary, sources = summarise(params, found)
     figures, plots = reports_root / "figures", reports_root / "plots"
     figures.mkdir(parents=True, exist_ok=True)
-    written = []
-    lines = ["# ABP against PCA", "",
-             "Mean absolute error on the [0, 1] intensity scale (×255 in brackets); lower is "
-             "better. PCA uses the same number of components d as ABP's latent dimension and "
-             "learns from exactly the same (complete, occluded or compressed) training data.", ""]
+    lines = ["# ABP against its baselines", "",
+             ("Mean absolute error on the [0, 1] intensity scale (×255 in brackets); lower is "
+              "better. Both baselines learn from exactly the same (complete, occluded or "
+              "compressed) training data as ABP and keep what the data say, as ABP's recovery "
+              "does: PCA with as many components d as ABP's latent size, where the training "
+              "data allow it (at most one fewer than the training examples), and a trivial "
+              "baseline, the training mean signal (silence for sound)."), ""]
+    lines += experiments_section(params, found, summary, figures, plots)
+    lines += ["## Notes computed from the metrics", "",
+              *[f"- {note}" for note in computed_notes(params, found)], ""]
+    if notes and notes.strip():
+        lines += ["## Notes from params.yaml", "", notes.strip(), ""]
     for dataset, sections in summary.items():
+        if dataset == "experiments":
+            continue
         for section, settings in sections.items():
             order = sorted(settings, key=_order)
-            rows = [{"setting": s, "method": m, "error": settings[s][m]}
-                    for s in order for m in ("abp", "pca")]
-            written.append(write_json(plots / f"{dataset}_{section}.json", rows))
-            fig, ax = plt.subplots(figsize=(6, 3.2))
-            positions = range(len(order))
-            for offset, method in ((-0.2, "abp"), (0.2, "pca")):
-                ax.bar([p + offset for p in positions], [settings[s][method] for s in order],
-                       width=0.4, label=method.upper())
-            ax.set_xticks(list(positions), order)
-            ax.set(ylabel="mean |error| on [0, 1]", title=f"{dataset}: {SCORES[section][1]}")
-            ax.legend()
-            fig.tight_layout()
-            figure = figures / f"{dataset}_{section}.png"
-            fig.savefig(figure, dpi=100)
-            plt.close(fig)
-            written.append(figure)
+            shown = [m for m in METHODS if any(m in settings[s] for s in order)]
+            write_json(plots / f"{dataset}_{section}.json",
+                       [{"setting": s, "method": m, "error": settings[s][m]}
+                        for s in order for m in shown if m in settings[s]])
+            figure = bar_chart(settings, order, f"{dataset}: {SCORES[section][1]}",
+                               figures / f"{dataset}_{section}.png")
             lines += [f"## {dataset}: {SCORES[section][1]}", "",
                       "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
-            for method in ("abp", "pca"):
-                cells = [f"{settings[s][method]:.4f} ({255 * settings[s][method]:.1f})" for s in order]
-                lines.append(f"| {method.upper()} | " + " | ".join(cells) + " |")
-            losses = [s for s in order if settings[s]["abp"] >= settings[s]["pca"]]
-            lines += ["", f"ABP is below PCA in {len(order) - len(losses)} of {len(order)} "
-                      "settings" + (f"; not in {', '.join(losses)}." if losses else "."), "",
+            for method in shown:
+                cells = [cell(settings[s].get(method), False) for s in order]
+                lines.append(f"| {method.upper() if method != 'trivial' else 'trivial'} | "
+                             + " | ".join(cells) + " |")
+            lost = [s for s in order if settings[s]["abp"] >= settings[s]["pca"]]
+            lines += ["", f"ABP is below PCA in {len(order) - len(lost)} of {len(order)} "
+                      "settings" + (f"; not in {', '.join(lost)}." if lost else "."), "",
                       f"![{dataset} {section}](figures/{figure.name})", "",
                       "Experiments: " + ", ".join(f"`{sources[f'{dataset}.{section}.{s}']}`"
                                                   for s in order)
                       + " (figures of each under `experiments/<experiment>/figures/`).", ""]
-    if notes:
-        lines += ["## Notes", "", notes.strip(), ""]
-    lines += qualitative_section(list(experiments), reports_root)
-    written.append(write_json(reports_root / "summary.json", summary))
+    lines += qualitative_section(list(params.get("experiments") or {}), reports_root)
+    write_json(metrics_root / "summary.json", summary)
     report = reports_root / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
-    return written + [report]
+    return summary
 
 
 @flow(name="report")
-def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROOT)) -> dict:
+def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROOT),
+           metrics_root: str = str(METRICS_ROOT)) -> dict:
     params = load_params(Path(params_file))
-    summary, sources = summarise(params, Path(reports_root))
-    write_outputs(summary, sources, Path(reports_root), experiments=list(params.get("experiments", {})),
-                  notes=(params.get("report") or {}).get("notes", ""))
+    found = read_metrics(params, Path(metrics_root))
+    summary = write_outputs(params, found, Path(reports_root), Path(metrics_root),
+                            notes=(params.get("report") or {}).get("notes") or "")
     get_run_logger().info("summary: %s", json.dumps(summary))
     return summary
 
@@ -165,12 +375,16 @@ def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROO
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--reports-root", default=str(REPORTS_ROOT))
+    parser.add_argument("--reports-root", default=str(REPORTS_ROOT),
+                        help="REPORT.md, figures/ and plots/ go there")
+    parser.add_argument("--metrics-root", default=str(METRICS_ROOT),
+                        help="reads <root>/experiments/*.json, writes <root>/summary.json")
     args = parser.parse_args(argv)
     try:
         load_params(Path(args.params))
         with prefect_server_for_this_process():
-            report(params_file=args.params, reports_root=args.reports_root)
+            report(params_file=args.params, reports_root=args.reports_root,
+                   metrics_root=args.metrics_root)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

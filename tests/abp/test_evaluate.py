@@ -1,9 +1,20 @@
-"""Error measures and the PCA baseline on cases with known answers."""
+"""Error measures, the most probable latents and the baselines on cases with known answers."""
 
 import pytest
 import torch
 
-from abp.evaluate import PCA, mean_absolute_error, pca_from_observations, recover_with_pca
+from abp.energy import energy
+from abp.evaluate import (
+    PCA,
+    linear_baseline,
+    mean_absolute_error,
+    most_probable_latents,
+    pca_from_observations,
+    pca_size,
+    recover_with_pca,
+    scored,
+)
+from abp.models import LinearGenerator
 from abp.observe import Identity, LocalAverage, Mask, Projection
 
 
@@ -62,7 +73,7 @@ def test_compressed_pca_stays_consistent_with_the_measurements():
     basis = torch.randn(3, 64, generator=rng)
     x = (torch.randn(300, 3, generator=rng) @ basis).view(300, 1, 8, 8)
     op = Projection.gaussian(32, (1, 8, 8), seed=3)
-    back = lambda r: op.pseudo_inverse(r, (1, 8, 8))  # noqa: E731
+    back = lambda r: op.pseudo_inverse(r, (1, 8, 8))
     pca, x_hat = pca_from_observations(op(x), forward=op, back_project=back, n_components=3)
     torch.testing.assert_close(op(x_hat), op(x), atol=1e-3, rtol=0)
     least_norm = back(op(x))
@@ -70,3 +81,125 @@ def test_compressed_pca_stays_consistent_with_the_measurements():
     new = (torch.randn(5, 3, generator=rng) @ basis).view(5, 1, 8, 8)
     recovered = recover_with_pca(pca, op(new), forward=op, back_project=back)
     torch.testing.assert_close(op(recovered), op(new), atol=1e-3, rtol=0)
+
+
+def linear_generator(latent_dim: int, size: int, seed: int) -> LinearGenerator:
+    torch.manual_seed(seed)
+    return LinearGenerator(latent_dim, (1, size))
+
+
+def exact_map(generator: LinearGenerator, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """argmin ||y − Wz − b||²/(2σ²) + ||z||²/2 = (WᵀW/σ² + I)⁻¹Wᵀ(y − b)/σ²."""
+    w, b = generator.weight.detach().double(), generator.bias.detach().double()
+    precision = w.T @ w / sigma ** 2 + torch.eye(w.shape[1], dtype=torch.float64)
+    residual = y.flatten(1).double() - b
+    return torch.linalg.solve(precision, w.T @ residual.T / sigma ** 2).T.float()
+
+
+def test_most_probable_latents_reach_the_exact_map_and_stop_once_converged():
+    generator = linear_generator(3, 12, seed=0)
+    y = generator(torch.randn(20, 3)).detach() + 0.1 * torch.randn(20, 1, 12)
+    z, steps = most_probable_latents(generator, y, torch.zeros(20, 3), sigma=0.5,
+                                     step_size=0.3, max_steps=2000, tolerance=1e-7)
+    torch.testing.assert_close(z, exact_map(generator, y, 0.5), atol=2e-3, rtol=0)
+    assert steps.shape == (20,) and 0 < steps.max() < 2000  # stopped on its own
+    assert all(p.requires_grad for p in generator.parameters())  # weights untouched
+
+
+def test_the_batch_size_does_not_change_the_latents_and_a_stop_never_spreads():
+    """Each example stops on its own: inferring in batches of 3 or all at once, or alongside
+    other examples, gives it the same latent and the same number of steps."""
+    generator = linear_generator(4, 16, seed=1)
+    y = generator(torch.randn(10, 4)).detach()
+    options = {"sigma": 0.3, "step_size": 0.2, "max_steps": 300, "tolerance": 1e-4}
+    whole, whole_steps = most_probable_latents(generator, y, torch.zeros(10, 4), **options)
+    batched, batched_steps = most_probable_latents(generator, y, torch.zeros(10, 4),
+                                                   batch_size=3, **options)
+    alone, alone_steps = most_probable_latents(generator, y[1:2], torch.zeros(1, 4), **options)
+    torch.testing.assert_close(batched, whole, atol=1e-6, rtol=0)
+    assert torch.equal(batched_steps, whole_steps)
+    assert len(set(whole_steps.tolist())) > 1  # the examples did stop at different steps
+    torch.testing.assert_close(alone[0], whole[1], atol=1e-6, rtol=0)
+    assert alone_steps[0] == whole_steps[1]
+
+
+def test_an_overshooting_descent_returns_the_lowest_energy_latent_it_visited():
+    generator = linear_generator(2, 8, seed=2)
+    y = generator(torch.randn(5, 2)).detach()
+    start = torch.zeros(5, 2)
+    # s²/2 · curvature > 2: every step overshoots further; the start is the best visited.
+    z, _ = most_probable_latents(generator, y, start, sigma=0.05, step_size=1.0, max_steps=30)
+    with torch.no_grad():
+        assert torch.all(energy(generator, z, y, sigma=0.05)
+                         <= energy(generator, start, y, sigma=0.05))
+    assert torch.isfinite(z).all()
+
+
+def test_pca_size_is_the_latent_size_capped_by_the_training_examples_and_the_signal():
+    assert pca_size(20, 1000, 64) == 20
+    assert pca_size(256, 49, 24576) == 48  # 49 clips span 48 dimensions around their mean
+    assert pca_size(100, 1000, 64) == 64
+    assert pca_size(5, 1, 64) == 0
+
+
+def test_pca_with_no_components_is_the_training_mean_and_a_constant_predicts_its_signal():
+    x = torch.randn(30, 1, 4, 4)
+    mean = x.mean(0, keepdim=True).expand_as(x)
+    torch.testing.assert_close(PCA(0).fit(x).reconstruct(x), mean)
+    silence = PCA.constant(torch.zeros(1, 4, 4))
+    assert torch.equal(silence.reconstruct(x), torch.zeros_like(x))
+    mask = (torch.rand(30, 1, 4, 4) > 0.5).float()
+    op = Mask(mask)
+    kept = recover_with_pca(silence, op(x), forward=op,
+                            back_project=lambda r: op.pseudo_inverse(r, (1, 4, 4)))
+    assert torch.equal(kept, x * mask)  # the observed entries, silence in the gaps
+
+
+def test_the_trivial_baseline_learned_from_occluded_data_is_the_mean_of_what_is_observed():
+    torch.manual_seed(3)
+    x = torch.randn(40, 1, 3, 3) + torch.arange(9.0).view(1, 1, 3, 3)
+    mask = torch.rand(40, 1, 3, 3) > 0.9  # 90 % hidden, the slowest case for the imputation
+    mask[0] = True  # every entry observed at least once
+    train = ({"x": x, "mask": mask}, x * mask, Mask(mask.float()))
+    test = ({"x": x[:5], "mask": mask[:5]}, x[:5] * mask[:5], Mask(mask[:5].float()))
+    fitted, recovered = linear_baseline(0, (1, 3, 3), train, test)
+    observed_mean = (x * mask).sum(0) / mask.sum(0)
+    expected = torch.where(mask, x, observed_mean)
+    torch.testing.assert_close(fitted, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(recovered, expected[:5], atol=1e-4, rtol=0)
+    found = scored("trivial_", fitted, recovered, train[0], test[0])
+    assert set(found) == {"trivial_train_mae", "trivial_train_hidden_mae",
+                          "trivial_heldout_mae", "trivial_heldout_hidden_mae"}
+
+
+def test_linear_baselines_on_complete_data_project_and_on_measurements_agree_with_them():
+    torch.manual_seed(4)
+    basis = torch.randn(2, 16)
+    x = (torch.randn(50, 2) @ basis).view(50, 1, 4, 4)
+    complete = ({"x": x[:40]}, x[:40], Identity()), ({"x": x[40:]}, x[40:], Identity())
+    fitted, recovered = linear_baseline(2, (1, 4, 4), *complete)
+    torch.testing.assert_close(fitted, x[:40], atol=1e-4, rtol=0)  # rank 2: exact
+    torch.testing.assert_close(recovered, x[40:], atol=1e-4, rtol=0)
+    no_test = ({"x": x[:0]}, x[:0], Identity())
+    assert linear_baseline(2, (1, 4, 4), complete[0], no_test)[1] is None
+    op = Projection.gaussian(8, (1, 4, 4), seed=5)
+    measured = ({"x": x[:40]}, op(x[:40]), op), ({"x": x[40:]}, op(x[40:]), op)
+    for model in (0, 2):
+        _, recovered = linear_baseline(model, (1, 4, 4), *measured)
+        torch.testing.assert_close(op(recovered), op(x[40:]), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("n, size", [(30, 8), (12, 300)])  # tall (SVD) and wide (Gram)
+def test_pca_components_are_orthonormal_and_span_the_top_principal_subspace(n, size):
+    torch.manual_seed(6)
+    x = torch.randn(n, 1, size) * torch.linspace(3, 0.1, size)
+    pca = PCA(5).fit(x)
+    components = pca.components
+    torch.testing.assert_close(components @ components.T, torch.eye(5, dtype=torch.float64),
+                               atol=1e-8, rtol=0)
+    centred = x.flatten(1).double() - x.flatten(1).double().mean(0)
+    top = torch.linalg.svd(centred, full_matrices=False).Vh[:5]
+    torch.testing.assert_close(components.T @ components, top.T @ top, atol=1e-8, rtol=0)
+    duplicated = PCA(5).fit(torch.cat([x[:3]] * 4))  # 3 distinct examples span 2 directions
+    assert torch.isfinite(duplicated.components).all()
+    torch.testing.assert_close(duplicated.reconstruct(x[:3]), x[:3], atol=1e-5, rtol=0)

@@ -136,7 +136,7 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_the_champion(worksp
     first = next(iter(saved["state_dict"]))
     saved["state_dict"][first] = torch.full_like(saved["state_dict"][first], float("nan"))
     torch.save(saved, ws.models / "generator.pt")
-    metrics = ws.path / "reports" / "experiments" / "tiny" / "metrics.json"
+    metrics = ws.path / "metrics" / "experiments" / "tiny.json"
     metrics.unlink()
     ws.reset_experiment()
     done = ws.run("evaluate", "tiny")

@@ -63,11 +63,24 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert [h["epoch"] for h in json.loads((models / "history.json").read_text())] == [1, 2, 3]
 
     assert evaluate_main(["tiny"]) == 0
-    metrics = json.loads((workspace / "reports" / "experiments" / "tiny" / "metrics.json").read_text())
+    # The metrics live apart from the figures, in a folder committed with git.
+    metrics = json.loads((workspace / "metrics" / "experiments" / "tiny.json").read_text())
     errors = {"train_mae", "train_hidden_mae", "heldout_mae", "heldout_hidden_mae"}
-    assert set(metrics) == errors | {f"pca_{k}" for k in errors}  # PCA with the same d
-    assert {p.name for p in (workspace / "reports" / "experiments" / "tiny" / "figures").iterdir()} == {
+    assert set(metrics) == (errors | {f"pca_{k}" for k in errors} | {f"trivial_{k}" for k in errors}
+                            | {"pca_components", "latent_size", "train_examples"})
+    assert metrics["pca_components"] == metrics["latent_size"] == 4  # PCA with the same d
+    assert metrics["train_examples"] == 18
+    assert 0 < metrics["trivial_heldout_hidden_mae"] < 0.5  # random pixels: no method wins
+    report = workspace / "reports" / "experiments" / "tiny"
+    assert not (report / "metrics.json").exists()
+    assert {p.name for p in (report / "figures").iterdir()} == {
         "samples.png", "reconstructions.png", "training.png"}
+    index = json.loads((report / "media" / "index.json").read_text())  # never an empty folder
+    assert index["media"] == [] and "no sound or video" in index["note"]
+    assert {f["file"] for f in index["figures"]} == {
+        "../figures/samples.png", "../figures/reconstructions.png", "../figures/training.png"}
+    assert "truth, observed, ABP, PCA d=4" in next(
+        f["shows"] for f in index["figures"] if f["file"].endswith("reconstructions.png"))
 
     run_info = json.loads((models / "mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
@@ -81,6 +94,7 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     energy = client.get_metric_history(run.info.run_id, "energy")
     assert [m.step for m in energy] == [1, 2, 3]
     assert run.data.metrics["heldout_mae"] == pytest.approx(metrics["heldout_mae"])
+    assert run.data.metrics["pca_components"] == 4
     assert any(k.startswith("system/") for k in run.data.metrics)  # system metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"latents", "history.json", "evaluation", "images"} <= artifacts

@@ -1,0 +1,114 @@
+"""Evaluation of video and sound (flows.evaluate.compute_metrics and write_figures, without
+Prefect or MLflow): both baselines for every kind of data, labelled figures, media long
+enough to watch or hear, and an index of them all."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from abp.datasets import observations
+from abp.evaluate import mean_absolute_error
+from abp.media import duration_seconds
+from abp.models import build_generator
+from flows.config import ExperimentConfig
+from flows.evaluate import compute_metrics, write_figures
+from flows.experiment import Experiment
+
+GENERATORS = {
+    "video": {"kind": "video", "latent_channels": 2, "latent_frames": 1, "latent_size": 2,
+              "widths": [4], "temporal_layers": 1, "channels": 3},  # 3×4×8×8 clips
+    "audio": {"kind": "audio", "latent_channels": 2, "latent_length": 4, "widths": [4],
+              "stride": 4, "channels": 1},  # 1×64 sounds
+}
+
+
+class InMemoryExperiment(Experiment):
+    """An experiment whose prepared splits are tensors held here rather than files."""
+    splits: dict
+
+    def split(self, split):
+        tensors = self.splits[split]
+        return (tensors, *observations(tensors, self.manifest))
+
+
+def experiment(kind: str, tmp_path, *, occluded: bool = False
+               ) -> tuple[Experiment, torch.nn.Module]:
+    torch.manual_seed(0)
+    generator = build_generator(GENERATORS[kind]).eval()
+    with torch.no_grad():  # signals the generator can make, plus noise
+        x = generator(generator.sample_latent(14))
+    x = (x + 0.05 * torch.randn_like(x)).clamp(-1, 1)
+    splits = {"train": {"x": x[:10]}, "test": {"x": x[10:]}}
+    if occluded:
+        for tensors in splits.values():
+            tensors["mask"] = torch.rand_like(tensors["x"]) > 0.3
+    shape = list(x.shape[1:])
+    manifest = {"kind": kind, "fps": 25.0, "sample_rate": 8000,
+                "counts": {"train": 10, "test": 4}, "shapes": {"train": [10, *shape]}}
+    cfg = ExperimentConfig(dataset="data", generator=GENERATORS[kind],
+                           abp={"sigma": 0.3, "step_size": 0.1},
+                           training={"epochs": 1}, evaluation={"n_steps": 20, "n_samples": 2})
+    exp = InMemoryExperiment("tiny", cfg, manifest, tmp_path / "data", tmp_path / "models",
+                             tmp_path / "reports" / "experiments" / "tiny")
+    exp.splits = splits
+    exp.model_folder.mkdir(parents=True)
+    torch.save(torch.zeros(10, *generator.latent_shape), exp.model_folder / "latent_bank.pt")
+    return exp, generator
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+def test_every_kind_is_scored_against_pca_and_the_trivial_baseline(kind, tmp_path):
+    exp, generator = experiment(kind, tmp_path)
+    metrics, shown = compute_metrics(exp, generator)
+    latent_size = math.prod(generator.latent_shape)
+    assert metrics["latent_size"] == latent_size == 8
+    assert metrics["pca_components"] == min(latent_size, 10 - 1) == 8
+    for prefix in ("", "pca_", "trivial_"):
+        assert {f"{prefix}train_mae", f"{prefix}heldout_mae"} <= set(metrics)
+    truth = exp.splits["test"]["x"]
+    if kind == "audio":  # the trivial baseline of sound is silence
+        assert metrics["trivial_heldout_mae"] == pytest.approx(
+            mean_absolute_error(torch.zeros_like(truth), truth))
+    else:  # of images and video, the training mean signal
+        mean = exp.splits["train"]["x"].mean(0, keepdim=True).expand_as(truth)
+        assert metrics["trivial_heldout_mae"] == pytest.approx(mean_absolute_error(mean, truth),
+                                                               rel=1e-5)
+    assert list(shown) == ["truth", "ABP", "PCA d=8"]
+
+
+def test_occluded_sound_keeps_what_is_heard_and_fills_the_gaps(tmp_path):
+    exp, generator = experiment("audio", tmp_path, occluded=True)
+    metrics, shown = compute_metrics(exp, generator)
+    assert {"heldout_hidden_mae", "pca_heldout_hidden_mae", "trivial_heldout_hidden_mae",
+            "trivial_train_hidden_mae"} <= set(metrics)
+    test = exp.splits["test"]
+    silence_in_the_gaps = test["x"] * test["mask"]
+    assert metrics["trivial_heldout_mae"] == pytest.approx(
+        mean_absolute_error(silence_in_the_gaps, test["x"]))
+    assert list(shown) == ["truth", "observed", "ABP", "PCA d=8"]
+    observed = test["mask"][: len(shown["ABP"])]
+    assert torch.equal(shown["ABP"][observed], shown["truth"][observed])
+
+
+@pytest.mark.parametrize("kind, suffix", [("video", ".mp4"), ("audio", ".wav")])
+def test_figures_are_labelled_and_media_last_long_enough_to_watch(kind, suffix, tmp_path):
+    exp, generator = experiment(kind, tmp_path)
+    _, shown = compute_metrics(exp, generator)
+    history = [{"epoch": 1, "energy": 10.0, "reconstruction_mse": 0.1}]
+    stale = exp.report_folder / "media" / f"truth{suffix}"  # what an older version wrote
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    write_figures(exp, generator, shown, history)
+    figures = {p.name for p in (exp.report_folder / "figures").iterdir()}
+    assert "reconstructions.png" in figures and "training.png" in figures
+    sounds_and_videos = sorted((exp.report_folder / "media").glob(f"*{suffix}"))
+    assert [p.name for p in sounds_and_videos] == [f"reconstructions{suffix}", f"samples{suffix}"]
+    for path in sounds_and_videos:
+        assert duration_seconds(path) >= 3.0  # 4 frames at 25 fps, 64 samples at 8 kHz
+    index = json.loads((exp.report_folder / "media" / "index.json").read_text())
+    assert {m["file"] for m in index["media"]} == {p.name for p in sounds_and_videos}
+    assert all(m["seconds"] >= 3.0 for m in index["media"])
+    assert ": truth, ABP, PCA d=8" in next(m["shows"] for m in index["media"]
+                                         if m["file"].startswith("reconstructions"))

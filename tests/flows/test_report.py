@@ -1,0 +1,154 @@
+"""The report: every evaluated experiment beside its baselines, the paper's tables, and notes
+computed from the numbers (never fixed text)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.report import main as report_main
+from flows.report import write_outputs
+
+ABP = {"sigma": 0.3, "step_size": 0.1, "langevin_steps": 2, "batch_size": 4}
+
+
+def experiment(dataset: str, generator: dict) -> dict:
+    return {"dataset": dataset, "generator": generator, "abp": ABP, "training": {"epochs": 1}}
+
+
+PARAMS = {
+    "datasets": {
+        "pics": {"kind": "images", "source": "raw", "image_size": 8},
+        "talk": {"kind": "audio", "source": "raw", "sample_rate": 8000, "clip_length": 256,
+                 "clip_stride": 256},
+        "clips": {"kind": "video", "source": "raw.mp4", "image_size": 8, "test_fraction": 0},
+    },
+    "variants": {"pics_P50": {"kind": "occlusion", "base": "pics", "pattern": "salt_pepper",
+                              "hidden_fraction": 0.5, "block": 3},
+                 "pics_avg": {"kind": "compressed", "base": "pics", "operator": "local_average",
+                              "block": 2}},
+    "experiments": {
+        "pics": experiment("pics", {"kind": "image", "latent_dim": 4}),
+        "pics_P50": experiment("pics_P50", {"kind": "image", "latent_dim": 4}),
+        "pics_avg": experiment("pics_avg", {"kind": "image", "latent_dim": 4}),
+        "talk": experiment("talk", {"kind": "audio", "latent_channels": 2, "latent_length": 4}),
+        "clips": experiment("clips", {"kind": "video", "latent_channels": 2}),
+        "never_run": experiment("pics", {"kind": "image", "latent_dim": 2}),
+    },
+}
+
+
+def errors(prefix: str, **values: float) -> dict[str, float]:
+    return {f"{prefix}{key}": value for key, value in values.items()}
+
+
+METRICS = {  # as flows.evaluate writes them
+    # held-out: loses to PCA; training error 5× below the held-out one
+    "pics": {**errors("", train_mae=0.01, heldout_mae=0.05),
+             **errors("pca_", train_mae=0.03, heldout_mae=0.04),
+             **errors("trivial_", train_mae=0.2, heldout_mae=0.2),
+             "pca_components": 4, "latent_size": 4, "train_examples": 40},
+    # beats both, on the hidden entries
+    "pics_P50": {**errors("", train_mae=0.03, train_hidden_mae=0.06, heldout_mae=0.04,
+                          heldout_hidden_mae=0.07),
+                 **errors("pca_", train_mae=0.05, train_hidden_mae=0.1, heldout_mae=0.05,
+                          heldout_hidden_mae=0.09),
+                 **errors("trivial_", train_mae=0.08, train_hidden_mae=0.15, heldout_mae=0.08,
+                          heldout_hidden_mae=0.15),
+                 "pca_components": 4, "latent_size": 4, "train_examples": 40},
+    # measurements through one operator: PCA and the mean signal both give A⁺y
+    "pics_avg": {**errors("", train_mae=0.03, heldout_mae=0.03),
+                 **errors("pca_", train_mae=0.04, heldout_mae=0.04),
+                 **errors("trivial_", train_mae=0.04, heldout_mae=0.04),
+                 "pca_components": 4, "latent_size": 4, "train_examples": 40},
+    # loses to both, the trivial baseline being silence
+    "talk": {**errors("", train_mae=0.018, heldout_mae=0.02),
+             **errors("pca_", train_mae=0.015, heldout_mae=0.016),
+             **errors("trivial_", train_mae=0.019, heldout_mae=0.019),
+             "pca_components": 8, "latent_size": 8, "train_examples": 30},
+    # no test split, PCA capped at n − 1 = 2 and exact on the training clips
+    "clips": {"train_mae": 0.03, "pca_train_mae": 0.0, "trivial_train_mae": 0.1,
+              "pca_components": 2, "latent_size": 256, "train_examples": 3},
+}
+
+
+@pytest.fixture
+def evaluated(tmp_path):
+    for name, metrics in METRICS.items():
+        path = tmp_path / "metrics" / "experiments" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics))
+    return tmp_path
+
+
+def test_every_evaluated_experiment_is_summarised_beside_its_baselines(evaluated):
+    found = {name: METRICS[name] for name in METRICS}
+    summary = write_outputs(PARAMS, found, evaluated / "reports", evaluated / "metrics")
+    assert json.loads((evaluated / "metrics" / "summary.json").read_text()) == summary
+    assert summary["experiments"]["talk"] == {
+        "heldout_mae": {"abp": 0.02, "pca": 0.016, "trivial": 0.019},
+        "pca_components": 8, "latent_size": 8}
+    assert summary["experiments"]["pics_P50"]["heldout_hidden_mae"]["abp"] == 0.07
+    assert summary["experiments"]["clips"]["train_mae"] == {"abp": 0.03, "pca": 0.0,
+                                                            "trivial": 0.1}
+    # The paper-shaped comparisons stay, with the trivial baseline beside them.
+    assert summary["pics"]["reconstruction"]["d4"] == {"abp": 0.05, "pca": 0.04, "trivial": 0.2}
+    assert summary["pics"]["occlusion"]["P50"] == {"abp": 0.06, "pca": 0.1, "trivial": 0.15}
+    assert summary["pics"]["compressed"]["local_average_0.25"]["pca"] == 0.04
+    assert summary["talk"]["reconstruction"]["d8"]["pca"] == 0.016
+    every = json.loads((evaluated / "reports" / "plots" / "experiments.json").read_text())
+    assert {(row["setting"], row["method"]) for row in every} == {
+        (name, method) for name in METRICS for method in ("abp", "pca", "trivial")}
+    assert (evaluated / "reports" / "figures" / "experiments.png").is_file()
+
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    for name in METRICS:
+        assert f"| `{name}` |" in report
+    assert "| `talk` | talk | held-out | 0.0200 (5.1) | **0.0160 (4.1)** d=8 of 8 |" in report
+    assert "## pics: recovery of occluded training pixels" in report
+
+
+def test_the_notes_are_computed_from_the_numbers(evaluated):
+    found = {name: METRICS[name] for name in METRICS}
+    write_outputs(PARAMS, found, evaluated / "reports", evaluated / "metrics")
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    start = report.index("## Notes computed")
+    notes = report[start:report.index("\n## ", start + 1)]
+    assert "ABP's error is below both baselines' in 2 of 5 evaluated experiments." in notes
+    assert ("`pics`: ABP's held-out error 0.0500 is above that of PCA (d = 4), 0.0400, by "
+            "0.0100 (25 %).") in notes
+    assert ("`talk`: ABP's held-out error 0.0200 is above that of PCA (d = 8), 0.0160, by "
+            "0.0040 (25 %), and that of silence, 0.0190, by 0.0010 (5 %).") in notes
+    assert ("`clips`: ABP's training error 0.0300 is above that of PCA (d = 2), 0.0000, by "
+            "0.0300.") in notes
+    assert "`pics_P50`: ABP" not in notes  # it beats both
+    assert "`pics`: training error 0.0100 against held-out 0.0500 (5.0×)" in notes
+    assert "its 40 training signals far better than new ones (overfitting)" in notes
+    assert "`talk`: training error" not in notes  # 0.018 against 0.02: no overfitting
+    assert ("`clips`: PCA has d = 2 components, not ABP's latent size 256: 3 training examples "
+            "span at most 2 dimensions (n − 1). With d = n − 1 it reproduces every training "
+            "signal exactly") in notes
+    assert "Not evaluated yet (no metrics file): `never_run`." in notes
+    assert "but only by" not in notes
+    assert "`pics_avg`: PCA scores exactly as the mean signal does." in notes
+    assert "Notes from params.yaml" not in report  # none given
+
+    better = {**found, "pics": {**found["pics"], "heldout_mae": 0.0388}}
+    write_outputs(PARAMS, better, evaluated / "reports", evaluated / "metrics")
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    assert "`pics`: ABP's held-out error 0.0388 is above" not in report
+    assert "below both baselines' in 3 of 5 evaluated experiments" in report
+    assert ("`pics`: ABP's held-out error 0.0388 is below that of PCA (d = 4), 0.0400, but only "
+            "by 0.0012 (3 %)") in report
+
+
+def test_the_command_reads_the_metrics_folder_and_prints_the_users_notes(evaluated, monkeypatch):
+    monkeypatch.chdir(evaluated)
+    params = {**PARAMS, "report": {"notes": "Tried σ = 0.1 on faces: no better."}}
+    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    assert report_main(["--metrics-root", "metrics", "--reports-root", "out"]) == 0
+    report = (evaluated / "out" / "REPORT.md").read_text()
+    assert "## Notes from params.yaml\n\nTried σ = 0.1 on faces: no better.\n" in report
+    summary = json.loads((evaluated / "metrics" / "summary.json").read_text())
+    assert set(summary["experiments"]) == set(METRICS)
