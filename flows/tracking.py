@@ -8,6 +8,8 @@ Only the main process (rank 0) of a distributed run logs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -24,6 +26,8 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -86,6 +90,25 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def experiment_params(exp) -> dict[str, Any]:
+    """An experiment's settings as MLflow records them (run params, model version tags):
+    flattened, with the generator's sizes the data fixes resolved."""
+    return flatten({"dataset": exp.cfg.dataset, **exp.cfg.model_dump(exclude={"dataset"}),
+                    "generator_resolved": exp.generator_config()})
+
+
+def require_store(uri: str) -> None:
+    """For reading: raise TrackingUnavailable when an sqlite URI names no file (MLflow would
+    create an empty store there and find nothing)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+        if str(path) not in ("", ":memory:") and not path.is_file():
+            raise TrackingUnavailable(
+                f"there is no MLflow store at {path.resolve()} (tracking URI {uri}): run from "
+                "the repository root (where make run records into mlflow.db), or set "
+                "MLFLOW_TRACKING_URI to the store that holds the runs")
+
+
 def git_commit(root: Path = Path(".")) -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -105,6 +128,37 @@ def _as_float(text: str | None) -> float | None:
         return float(text) if text is not None else None
     except ValueError:
         return None
+
+
+def data_digest(manifest: dict[str, Any]) -> str:
+    """A short digest of a prepared data set's content, from the sha256 of its split files
+    (manifest `files`): it changes whenever the tensors do (data, masks, measurements)."""
+    content = json.dumps(manifest.get("files") or manifest, sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
+def data_origin(manifest: dict[str, Any]) -> str:
+    """Where a prepared data set came from: its source (`bundled:digits`, a folder), or for a
+    variant the base it was made from."""
+    if "source" in manifest:
+        return str(manifest["source"])
+    variant = manifest.get("variant", {}).get("kind", "variant")
+    return f"{variant} variant of {manifest.get('base', '?')}"
+
+
+def log_dataset(name: str, manifest: dict[str, Any], folder: Path) -> MetaDataset:
+    """Log the prepared data set as the active run's training input (the runs table's
+    Dataset column): its name, its digest (data_digest), the prepared folder as the source,
+    and as input tags its origin, kind, signal shape and example counts. Metadata only: the
+    tensors stay in the folder (DVC versions them)."""
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(folder).resolve())), name=name,
+                          digest=data_digest(manifest))
+    counts = manifest.get("counts", {})
+    mlflow.log_input(dataset, context="training", tags={
+        "source": data_origin(manifest), "kind": str(manifest.get("kind")),
+        "signal_shape": json.dumps(manifest["shapes"]["train"][1:]),
+        **{f"{split}_examples": str(n) for split, n in counts.items()}})
+    return dataset
 
 
 def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...]) -> str:

@@ -136,12 +136,22 @@ class EpochRecorder:
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_run_start(exp: Experiment, device: torch.device) -> None:
-    mlflow.log_params(tracking.flatten({"dataset": exp.cfg.dataset,
-                                        **exp.cfg.model_dump(exclude={"dataset"}),
-                                        "generator_resolved": exp.generator_config()}))
+    mlflow.log_params(tracking.experiment_params(exp))
     mlflow.set_tags({"device": str(device), "git_commit": tracking.git_commit(),
                      "dvc_stage": f"train@{exp.name}", "prefect_flow_run_id": str(runtime.flow_run.id),
                      "dataset_kind": exp.kind})
+    log_data_seen(exp)
+
+
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_data_seen(exp: Experiment) -> None:
+    """The Dataset column of the runs table (name, digest and source of the data seen) and
+    the tags `compare` selects by. Also on resume: a run begun before they were logged gets
+    them then (the data are the same: the fingerprint, which covers them, allowed the resume)."""
+    mlflow.set_tags({"experiment": exp.name, "data_digest": tracking.data_digest(exp.manifest)})
+    run = mlflow.active_run()
+    if not mlflow.get_run(run.info.run_id).inputs.dataset_inputs:
+        tracking.log_dataset(exp.cfg.dataset, exp.manifest, exp.data_folder)
 
 
 def fit_with_retries(exp: Experiment, trainer: ABPTrainer, callbacks: list, saver: Checkpointer,
@@ -219,6 +229,8 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
         if resume:
             trainer.load_state_dict(resume, retuned=tuple(extra.get("retuned", ())))
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
+            if tracking.is_main_process():
+                log_data_seen(exp)
         else:
             log_run_start(exp, device)
             # The state a retry after a divergence in the first epochs goes back to.
