@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 # DVC stages call `python -m flows...`: that must be the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test install clean
+.PHONY: run test install clean exp-show
 
 run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
 	$(BIN)/python -m flows.local_server -- dvc repro
@@ -21,6 +21,19 @@ run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
 
 test: $(VENV)/.installed  ## the test suite
 	$(BIN)/python -m pytest
+
+# After `dvc exp run evaluate@<experiment> -S ...`: a table that reads (plain `dvc exp show`
+# has ~500 columns): one row per experiment and per commit it started from, the settings
+# that differ and the errors that matter. EXP=<experiment> also keeps that experiment's
+# errors that did not change (its PCA and trivial baselines).
+KEY_METRICS := heldout_mae|pca_heldout_mae|trivial_heldout_mae|train_mae|train_hidden_mae
+# params.yaml's columns (not metrics/summary.json's experiments.<experiment>.<error>.abp)
+EXPERIMENT_KEYS := dataset|generator|abp|training|evaluation
+SETTINGS := (bundled|datasets|variants)\.|experiments\.[^.]+\.($(EXPERIMENT_KEYS))(\.|$$)
+exp-show:  ## compare DVC experiments (make exp-show EXP=digits)
+	$(BIN)/dvc exp show --md --no-pager --only-changed \
+		--drop '^(?!Experiment$$|$(SETTINGS)|(.*:)?($(KEY_METRICS))$$)' \
+		$(if $(EXP),--keep '(metrics/experiments/$(EXP)\.json:)?($(KEY_METRICS))$$')
 
 install: $(VENV)/.installed
 
