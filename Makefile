@@ -17,7 +17,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
 	$(BIN)/python -m flows.local_server -- dvc repro
-	$(BIN)/dvc metrics show
+	@# every experiment beside its baselines (dvc metrics show has one column per number)
+	@sed -n '/^## Every experiment/,/^!\[/p' reports/REPORT.md
 
 test: $(VENV)/.installed  ## the test suite
 	$(BIN)/python -m pytest
