@@ -18,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
 	$(BIN)/python -m flows.local_server -- dvc repro
 	@# every experiment beside its baselines (dvc metrics show has one column per number)
-	@sed -n '/^## Every experiment/,/^!\[/p' reports/REPORT.md
+	sed -n '/^## Every experiment/,/^!\[/p' reports/REPORT.md
 
 test: $(VENV)/.installed  ## the test suite
 	$(BIN)/python -m pytest
