@@ -65,7 +65,7 @@ def most_probable_latents(generator: torch.nn.Module, y: torch.Tensor, z: torch.
     best_z, best_energy = z.clone(), torch.full((n,), math.inf, device=z.device)
     energy_at_last_check = best_energy.clone()
     active = torch.ones(n, dtype=torch.bool, device=z.device)
-    steps = torch.zeros(n, dtype=torch.long)
+    steps = torch.zeros(n, dtype=torch.long, device=z.device)
     with frozen_weights(generator):
         for step in range(max_steps + 1):  # the last pass only scores the final step's z
             for index in active.nonzero().squeeze(1).split(batch_size):
@@ -81,7 +81,7 @@ def most_probable_latents(generator: torch.nn.Module, y: torch.Tensor, z: torch.
                 best_energy[index[better]] = e[better]
                 best_z[index[better]] = z_batch.detach()[better]
             if step < max_steps:
-                steps[active.cpu()] += 1
+                steps[active] += 1
             if (step + 1) % patience == 0:
                 stalled = energy_at_last_check - best_energy <= tolerance * best_energy.abs()
                 active &= ~stalled

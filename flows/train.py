@@ -140,14 +140,14 @@ def log_run_start(exp: Experiment, device: torch.device) -> None:
     mlflow.set_tags({"device": str(device), "git_commit": tracking.git_commit(),
                      "dvc_stage": f"train@{exp.name}", "prefect_flow_run_id": str(runtime.flow_run.id),
                      "dataset_kind": exp.kind})
-    log_data_seen(exp)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_data_seen(exp: Experiment) -> None:
     """The Dataset column of the runs table (name, digest and source of the data seen) and
-    the tags `compare` selects by. Also on resume: a run begun before they were logged gets
-    them then (the data are the same: the fingerprint, which covers them, allowed the resume)."""
+    the tags `compare` selects by. Called for new and resumed runs alike: a run begun before
+    they were logged gets them on resume (the data are the same: the fingerprint, which
+    covers them, allowed the resume)."""
     mlflow.set_tags({"experiment": exp.name, "data_digest": tracking.data_digest(exp.manifest)})
     run = mlflow.active_run()
     if not mlflow.get_run(run.info.run_id).inputs.dataset_inputs:
@@ -229,12 +229,12 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
         if resume:
             trainer.load_state_dict(resume, retuned=tuple(extra.get("retuned", ())))
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
-            if tracking.is_main_process():
-                log_data_seen(exp)
         else:
             log_run_start(exp, device)
             # The state a retry after a divergence in the first epochs goes back to.
             trainer.save_checkpoint(checkpoint, extra=extra)
+        if tracking.is_main_process():
+            log_data_seen(exp)
         saver = Checkpointer(checkpoint, every=exp.cfg.training.checkpoint_every, extra=extra)
         started = time.perf_counter()
         # Off a terminal (under DVC, in CI logs) redraw rarely instead of flooding the log.
