@@ -5,7 +5,8 @@
 Without PREFECT_API_URL every flow process starts (and stops) its own temporary Prefect
 server, which costs about 5 s per DVC stage. One server for the whole `dvc repro` saves that,
 and every flow run reports to it. If PREFECT_API_URL is already set, that server is used and
-none is started.
+none is started. The server's database is the pipeline's (.prefect/prefect.db at the
+repository root, see flows/prefect_home.py), which `make prefect-ui` shows afterwards.
 
 Stopping: the command runs in its own process group and the server in its own session, both
 dying with this process (parent-death signal). On Ctrl-C or SIGTERM (or when our parent

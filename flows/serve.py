@@ -1,6 +1,6 @@
 """Serve the pipeline as a Prefect deployment that retrains on a schedule.
 
-    prefect server start --host 127.0.0.1            # in one terminal (schedules need it)
+    make prefect-ui                                   # in one terminal (schedules need it)
     export PREFECT_API_URL=http://127.0.0.1:4200/api
     python -m flows.serve                             # in another; stop with Ctrl-C / SIGTERM
     prefect deployment run 'pipeline/retrain'         # a run now, besides the schedule
@@ -8,6 +8,8 @@
 The cron schedule, its time zone and the `dvc repro` targets come from params.yaml
 (`schedule:`). Each run is `dvc repro` in this repository: unchanged stages are skipped; new
 or changed data (e.g. files added under data/raw and `dvc add`-ed) retrains what depends on it.
+`make prefect-ui` is the Prefect server on the pipeline's own state (.prefect/, see
+flows/prefect_home.py), where the deployment, its runs and those of `make run` are kept.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not os.environ.get("PREFECT_API_URL"):
-        print("error: a schedule needs a Prefect server: start `prefect server start --host "
-              "127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        print("error: a schedule needs a Prefect server: start `make prefect-ui` (the "
+              "pipeline's Prefect server and UI) and set "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
         return 2
     # Ctrl-C as SIGTERM, which the runner handles: it cancels the flow runs in progress (each
     # stops its `dvc repro` group) and exits. On KeyboardInterrupt it would wait for them.
