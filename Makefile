@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 # DVC stages call `python -m flows...`: that must be the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test install clean exp-show
+.PHONY: run test install clean exp-show prefect-ui
 
 run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
 	$(BIN)/python -m flows.local_server -- dvc repro
@@ -35,6 +35,20 @@ exp-show:  ## compare DVC experiments (make exp-show EXP=digits)
 	$(BIN)/dvc exp show --md --no-pager --only-changed \
 		--drop '^(?!Experiment$$|$(SETTINGS)|(.*:)?($(KEY_METRICS))$$)' \
 		$(if $(EXP),--keep '(metrics/experiments/$(EXP)\.json:)?($(KEY_METRICS))$$')
+
+# The Prefect UI on the pipeline's runs: the flows keep their Prefect state in .prefect/
+# here (flows/prefect_home.py; PREFECT_HOME, if set, wins), so this server and the one
+# `make run` starts share one database. http://127.0.0.1:4200 by default; Ctrl-C stops it.
+PREFECT_UI_PORT ?= 4200
+prefect-ui: $(VENV)/.installed  ## the Prefect UI on the pipeline's runs (PREFECT_UI_PORT=4300)
+	$(BIN)/python -m flows.prefect_ui --port $(PREFECT_UI_PORT)
+
+.PHONY: plots
+# DVC's own page loads Vega from the web (offline its charts stay empty, without a word):
+# this one carries Vega inside it, and says so where it could not.
+plots: $(VENV)/.installed  ## every comparison chart and figure on one page: dvc_plots/index.html
+	$(BIN)/python -m flows.report --plots-page dvc_plots/page.html
+	$(BIN)/dvc plots show -o dvc_plots --html-template dvc_plots/page.html
 
 install: $(VENV)/.installed
 

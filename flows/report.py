@@ -13,11 +13,21 @@ writes
   (recovery of the occluded training pixels), `compressed.<kind>_<ratio>` (recovery of the
   training signals from their measurements), each `{abp, pca, trivial}`: mean absolute
   errors on the [0, 1] scale;
-- reports/plots/*.json for `dvc plots` and reports/figures/*.png;
+- reports/plots/*.json for `dvc plots`, one row per setting and method (drawn as grouped
+  bars by .dvc/plots/bars_by_method.json), and the same charts as reports/figures/*.png;
 - reports/REPORT.md: every experiment beside its baselines, the tables shaped like the
   paper's, notes computed from the numbers (where ABP loses and by how much, overfitting,
   a PCA with fewer components than the latent size), the optional `report.notes` of
   params.yaml, and the figures and media, readable offline.
+
+The summary keeps its keys (P50, local_average_0.25) so that `dvc metrics diff` compares
+versions; the tables, charts and plots data name the settings as the paper does (P.5, M20,
+2×2, d = 10).
+
+    python -m flows.report --plots-page dvc_plots/page.html   # `make plots`
+
+writes the page template `dvc plots show --html-template` fills: Vega's scripts inside it,
+so the charts draw offline, and a notice pointing to the PNGs where they do not.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 from prefect import flow, get_run_logger
@@ -40,6 +50,7 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
 METHODS = ("abp", "pca", "trivial")
+METHOD_NAMES = {"abp": "ABP", "pca": "PCA", "trivial": "trivial"}
 # The error an experiment is judged by: held-out where there is a test split, the hidden
 # entries' where some are hidden (the observed ones are kept, by every method alike).
 HEADLINE = ("heldout_hidden_mae", "heldout_mae", "train_hidden_mae", "train_mae")
@@ -60,7 +71,35 @@ def base_kind(dataset: str, params: dict) -> str | None:
     return base_kind(base, params) if base else data.kind
 
 
-def comparison(name: str, params: dict, metrics: dict[str, float]) -> tuple[str, str, str] | None:
+class Setting(NamedTuple):
+    """One column of a comparison."""
+    key: str  # in metrics/summary.json; never renamed, so `dvc metrics diff` spans versions
+    label: str  # the paper's name: REPORT.md, the PNG charts and reports/plots all show it
+    rank: tuple  # the paper's column order
+
+
+def occlusion_setting(data) -> Setting | None:
+    if data.pattern == "salt_pepper":  # the paper's P.5: half the pixels hidden
+        fraction = data.hidden_fraction
+        return Setting(f"P{round(100 * fraction)}", f"P{fraction:g}".replace("P0.", "P."),
+                       (0, fraction))
+    if data.pattern == "square":  # M20: one 20×20 square missing
+        return Setting(f"M{data.side}", f"M{data.side}", (1, data.side))
+    return None
+
+
+def compressed_setting(data, params: dict) -> Setting:
+    if data.operator == "gaussian":
+        return Setting(f"gaussian_{data.ratio:g}", f"Gaussian {data.ratio:g}", (0, data.ratio))
+    # The key's ratio is 1/block² for every kind of data (sounds average 1-D blocks, but the
+    # key stays as it was); the label says what was averaged.
+    label = (f"mean of {data.block}" if base_kind(data.base, params) == "audio"
+             else f"{data.block}×{data.block}")
+    return Setting(f"local_average_{1 / data.block ** 2:g}", label, (1, data.block))
+
+
+def comparison(name: str, params: dict,
+               metrics: dict[str, float]) -> tuple[str, str, Setting] | None:
     """(data set, section, setting) of an experiment in the paper's comparisons, or None if
     it is not one of them."""
     exp = experiment_config(name, params)
@@ -70,14 +109,13 @@ def comparison(name: str, params: dict, metrics: dict[str, float]) -> tuple[str,
         return None
     kind = getattr(data, "kind", None)
     if kind == "occlusion":
-        setting = (f"P{round(100 * data.hidden_fraction)}" if data.pattern == "salt_pepper"
-                   else f"M{data.side}" if data.pattern == "square" else None)
+        setting = occlusion_setting(data)
         return (data.base, "occlusion", setting) if setting else None
     if kind == "compressed":
-        ratio = data.ratio if data.operator == "gaussian" else 1 / data.block ** 2
-        return data.base, "compressed", f"{data.operator}_{ratio:g}"
+        return data.base, "compressed", compressed_setting(data, params)
     if kind in ("images", "video", "audio"):
-        return exp.dataset, "reconstruction", f"d{latent_size:g}"
+        size = f"{latent_size:g}"
+        return exp.dataset, "reconstruction", Setting(f"d{size}", f"d = {size}", (latent_size,))
     return None
 
 
@@ -103,8 +141,9 @@ def methods(metrics: dict[str, float], key: str) -> dict[str, float]:
 
 
 def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, dict]:
+    """The summary, and {"<data set>.<section>.<key>": (its setting, the experiment)}."""
     summary: dict[str, Any] = defaultdict(lambda: defaultdict(dict))
-    sources: dict[str, str] = {}
+    sources: dict[str, tuple[Setting, str]] = {}
     for name, metrics in found.items():
         key = headline(metrics)
         summary["experiments"][name] = {key: methods(metrics, key), **{
@@ -115,14 +154,16 @@ def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, d
         dataset, section, setting = placed
         scores = methods(metrics, SCORES[section][0])
         if {"abp", "pca"} <= set(scores):
-            summary[dataset][section][setting] = scores
-            sources[f"{dataset}.{section}.{setting}"] = name
+            summary[dataset][section][setting.key] = scores
+            sources[f"{dataset}.{section}.{setting.key}"] = (setting, name)
     return json.loads(json.dumps(summary)), sources
 
 
-def _order(setting: str) -> tuple:
-    digits = "".join(c for c in setting if c.isdigit() or c == ".")
-    return (setting[0], float(digits) if digits.strip(".") else 0.0)
+def columns(dataset: str, section: str, settings: dict,
+            sources: dict[str, tuple[Setting, str]]) -> list[tuple[Setting, str]]:
+    """(setting, experiment) of each column of one comparison, in the paper's order."""
+    return sorted((sources[f"{dataset}.{section}.{key}"] for key in settings),
+                  key=lambda column: column[0].rank)
 
 
 def trivial_name(name: str, params: dict) -> str:
@@ -233,16 +274,24 @@ def computed_notes(params: dict, found: dict[str, dict[str, float]]) -> list[str
     return notes
 
 
-def bar_chart(settings: dict[str, dict[str, float]], order: list[str], title: str,
-              path: Path) -> Path:
+def tidy(bars: dict[str, dict[str, float]]) -> list[dict]:
+    """One row per setting and method, in the chart's order: DVC's template draws the
+    methods as bars side by side, one colour each."""
+    return [{"setting": label, "method": METHOD_NAMES[m], "error": scores[m]}
+            for label, scores in bars.items() for m in METHODS if m in scores]
+
+
+def bar_chart(bars: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+    """Grouped bars: {setting's label: {method: error}}, settings in the order given."""
+    order = list(bars)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 3.4))
-    shown = [m for m in METHODS if any(m in settings[s] for s in order)]
+    shown = [m for m in METHODS if any(m in bars[s] for s in order)]
     width = 0.8 / len(shown)
     for i, method in enumerate(shown):
         offset = (i - (len(shown) - 1) / 2) * width
         ax.bar([p + offset for p in range(len(order))],
-               [settings[s].get(method, float("nan")) for s in order], width=width,
-               label={"abp": "ABP", "pca": "PCA", "trivial": "trivial"}[method])
+               [bars[s].get(method, float("nan")) for s in order], width=width,
+               label=METHOD_NAMES[method])
     ax.set_xticks(list(range(len(order))), order, rotation=30 if len(order) > 6 else 0,
                   ha="right" if len(order) > 6 else "center")
     ax.set(ylabel="mean |error| on [0, 1]", title=title)
@@ -251,6 +300,19 @@ def bar_chart(settings: dict[str, dict[str, float]], order: list[str], title: st
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def comparison_table(dataset: str, section: str, bars: dict[str, dict[str, float]]) -> list[str]:
+    """One of the paper's tables: a column per setting, a row per method."""
+    order = list(bars)
+    lines = [f"## {dataset}: {SCORES[section][1]}", "",
+             "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+    for method in [m for m in METHODS if any(m in bars[s] for s in order)]:
+        cells = [cell(bars[s].get(method), False) for s in order]
+        lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
+    lost = [s for s in order if bars[s]["abp"] >= bars[s]["pca"]]
+    return lines + ["", f"ABP is below PCA in {len(order) - len(lost)} of {len(order)} "
+                    "settings" + (f"; not in {', '.join(lost)}." if lost else "."), ""]
 
 
 def cell(value: float | None, best: bool) -> str:
@@ -282,28 +344,40 @@ def experiments_section(params: dict, found: dict[str, dict[str, float]], summar
     if not found:
         return lines + ["", "No experiment has been evaluated yet.", ""]
     settings = {n: s[headline(found[n])] for n, s in summary["experiments"].items()}
-    write_json(plots / "experiments.json", [{"setting": n, "method": m, "error": v}
-                                            for n, s in settings.items() for m, v in s.items()])
-    bar_chart(settings, list(settings), "every experiment against its baselines",
-              figures / "experiments.png")
+    write_json(plots / "experiments.json", tidy(settings))
+    bar_chart(settings, "every experiment against its baselines", figures / "experiments.png")
     return lines + ["", "![every experiment](figures/experiments.png)", ""]
 
 
-QUALITATIVE = ("samples", "samples_frames", "samples_spectrograms", "reconstructions",
-               "latent_grid", "large_texture")
+# Figure stems flows.evaluate writes, for images, video (_frames) and sound (_spectrograms).
+TRUTH = ("truth", "truth_frames", "truth_spectrograms")
+SAMPLES = ("samples", "samples_frames", "samples_spectrograms")
+OTHERS = ("reconstructions", "latent_grid", "large_texture")
+
+
+def experiment_figures(name: str, folder: Path) -> list[str]:
+    """An experiment's figures: the truth beside the samples in a table (a generator's
+    samples mean little without the data they imitate), then the rest one per line."""
+    def image(stems: tuple[str, ...]) -> list[str]:
+        return [f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"
+                for stem in stems if (folder / "figures" / f"{stem}.png").is_file()]
+    truth, samples, others = image(TRUTH), image(SAMPLES), image(OTHERS)
+    if truth and samples:
+        return ["| truth | samples from the prior |", "|---|---|",
+                f"| {' '.join(truth)} | {' '.join(samples)} |", "", *others]
+    return [*truth, *samples, *others]
 
 
 def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]:
-    """Links to every experiment's PNG figures (sample grids from the prior, the d = 2
-    latent grid, larger textures, video frames, spectrograms, truth / observed / ABP / PCA)
-    and to its mp4 and wav files."""
+    """Links to every experiment's PNG figures (the truth, sample grids from the prior, the
+    d = 2 latent grid, larger textures, video frames, spectrograms, truth / observed / ABP /
+    PCA) and to its mp4 and wav files."""
     lines = ["## Qualitative results", "",
              ("Rows of reconstruction figures are labelled: the truth, what the model saw "
               "(occluded or compressed data), ABP's recovery and PCA's."), ""]
     for name in experiments:
         folder = reports_root / "experiments" / name
-        shown = [f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"
-                 for stem in QUALITATIVE if (folder / "figures" / f"{stem}.png").is_file()]
+        shown = experiment_figures(name, folder)
         heard = [f"[{p.name}](experiments/{name}/media/{p.name})"
                  for p in sorted((folder / "media").glob("*")) if p.suffix in (".mp4", ".wav")]
         if shown or heard:
@@ -334,31 +408,41 @@ def write_outputs(params: dict, found: dict[str, dict[str, float]], reports_root
         if dataset == "experiments":
             continue
         for section, settings in sections.items():
-            order = sorted(settings, key=_order)
-            shown = [m for m in METHODS if any(m in settings[s] for s in order)]
-            write_json(plots / f"{dataset}_{section}.json",
-                       [{"setting": s, "method": m, "error": settings[s][m]}
-                        for s in order for m in shown if m in settings[s]])
-            figure = bar_chart(settings, order, f"{dataset}: {SCORES[section][1]}",
+            ordered = columns(dataset, section, settings, sources)
+            bars = {setting.label: settings[setting.key] for setting, _ in ordered}
+            write_json(plots / f"{dataset}_{section}.json", tidy(bars))
+            figure = bar_chart(bars, f"{dataset}: {SCORES[section][1]}",
                                figures / f"{dataset}_{section}.png")
-            lines += [f"## {dataset}: {SCORES[section][1]}", "",
-                      "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
-            for method in shown:
-                cells = [cell(settings[s].get(method), False) for s in order]
-                lines.append(f"| {method.upper() if method != 'trivial' else 'trivial'} | "
-                             + " | ".join(cells) + " |")
-            lost = [s for s in order if settings[s]["abp"] >= settings[s]["pca"]]
-            lines += ["", f"ABP is below PCA in {len(order) - len(lost)} of {len(order)} "
-                      "settings" + (f"; not in {', '.join(lost)}." if lost else "."), "",
-                      f"![{dataset} {section}](figures/{figure.name})", "",
-                      "Experiments: " + ", ".join(f"`{sources[f'{dataset}.{section}.{s}']}`"
-                                                  for s in order)
+            lines += comparison_table(dataset, section, bars)
+            lines += [f"![{dataset} {section}](figures/{figure.name})", "",
+                      "Experiments: " + ", ".join(f"`{name}`" for _, name in ordered)
                       + " (figures of each under `experiments/<experiment>/figures/`).", ""]
     lines += qualitative_section(list(params.get("experiments") or {}), reports_root)
     write_json(metrics_root / "summary.json", summary)
     report = reports_root / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     return summary
+
+
+PAGE_TEMPLATE = Path(__file__).resolve().parents[1] / ".dvc" / "plots" / "page.html"
+
+
+def plots_page(out: Path, template: Path = PAGE_TEMPLATE) -> Path:
+    """The page template for `dvc plots show --html-template`, with Vega's scripts inside it.
+    DVC's own page loads them from the web: offline its charts are 0 px tall with no word
+    why. Without vl-convert-python, DVC fills in its web scripts and the page's notice, shown
+    until Vega is there, points to the PNGs on the same page."""
+    page = template.read_text()
+    try:
+        import vl_convert
+    except ImportError:
+        pass
+    else:  # Vega-Lite 5, the version of the specs DVC writes; it sets window.vegaEmbed
+        bundle = vl_convert.javascript_bundle(vl_version="5.21")
+        page = page.replace("{scripts}", f'<script type="text/javascript">{bundle}</script>')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
 
 
 @flow(name="report")
@@ -379,7 +463,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="REPORT.md, figures/ and plots/ go there")
     parser.add_argument("--metrics-root", default=str(METRICS_ROOT),
                         help="reads <root>/experiments/*.json, writes <root>/summary.json")
+    parser.add_argument("--plots-page", type=Path, metavar="PATH",
+                        help="only write the page template for `dvc plots show "
+                             "--html-template PATH` (make plots), and stop")
     args = parser.parse_args(argv)
+    if args.plots_page:
+        plots_page(args.plots_page)
+        return 0
     try:
         load_params(Path(args.params))
         with prefect_server_for_this_process():

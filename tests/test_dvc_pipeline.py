@@ -88,7 +88,7 @@ def test_dvc_repro_runs_every_stage_reruns_only_what_changed_and_compares_metric
     assert recovery["abp"] == values["train_hidden_mae"]
     assert recovery["pca"] == values["pca_train_hidden_mae"]
     report = (copy / "reports" / "REPORT.md").read_text()
-    assert "digits: recovery of occluded training pixels" in report and "| P50 |" in report
+    assert "digits: recovery of occluded training pixels" in report and "| P.5 |" in report
     assert (copy / "reports" / "figures" / "digits_occlusion.png").is_file()
 
     assert ran(dvc(copy, "repro")) == []

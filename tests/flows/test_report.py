@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.report import SCORES, write_outputs
 from flows.report import main as report_main
-from flows.report import write_outputs
 
 ABP = {"sigma": 0.3, "step_size": 0.1, "langevin_steps": 2, "batch_size": 4}
 
@@ -99,7 +99,7 @@ def test_every_evaluated_experiment_is_summarised_beside_its_baselines(evaluated
     assert summary["talk"]["reconstruction"]["d8"]["pca"] == 0.016
     every = json.loads((evaluated / "reports" / "plots" / "experiments.json").read_text())
     assert {(row["setting"], row["method"]) for row in every} == {
-        (name, method) for name in METRICS for method in ("abp", "pca", "trivial")}
+        (name, method) for name in METRICS for method in ("ABP", "PCA", "trivial")}
     assert (evaluated / "reports" / "figures" / "experiments.png").is_file()
 
     report = (evaluated / "reports" / "REPORT.md").read_text()
@@ -107,6 +107,62 @@ def test_every_evaluated_experiment_is_summarised_beside_its_baselines(evaluated
         assert f"| `{name}` |" in report
     assert "| `talk` | talk | held-out | 0.0200 (5.1) | **0.0160 (4.1)** d=8 of 8 |" in report
     assert "## pics: recovery of occluded training pixels" in report
+
+
+def test_settings_are_named_and_ordered_as_in_the_paper_everywhere(evaluated):
+    variants = {"pics_M20": {"kind": "occlusion", "base": "pics", "pattern": "square",
+                             "side": 20},
+                "pics_P70": {**PARAMS["variants"]["pics_P50"], "hidden_fraction": 0.7},
+                "pics_avg4": {**PARAMS["variants"]["pics_avg"], "block": 4}}
+    params = {**PARAMS, "variants": {**PARAMS["variants"], **variants},
+              "experiments": {**PARAMS["experiments"], **{
+                  name: experiment(name, {"kind": "image", "latent_dim": 4}) for name in variants}}}
+    found = {**METRICS, "pics_M20": METRICS["pics_P50"], "pics_P70": METRICS["pics_P50"],
+             "pics_avg4": METRICS["pics_avg"]}
+    summary = write_outputs(params, found, evaluated / "reports", evaluated / "metrics")
+    # The summary's keys stay as they were: `dvc metrics diff` compares across versions.
+    assert set(summary["pics"]["occlusion"]) == {"P50", "P70", "M20"}
+    assert set(summary["pics"]["compressed"]) == {"local_average_0.25", "local_average_0.0625"}
+    assert set(summary["pics"]["reconstruction"]) == {"d4"}
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    plots = evaluated / "reports" / "plots"
+    for section, labels, experiments in (
+            ("occlusion", ["P.5", "P.7", "M20"], "`pics_P50`, `pics_P70`, `pics_M20`"),
+            ("compressed", ["2×2", "4×4"], "`pics_avg`, `pics_avg4`"),
+            ("reconstruction", ["d = 4"], "`pics`")):
+        table = report[report.index(f"## pics: {SCORES[section][1]}"):]
+        assert table.split("\n")[2] == "| | " + " | ".join(labels) + " |"
+        assert f"Experiments: {experiments} (figures" in table
+        rows = json.loads((plots / f"pics_{section}.json").read_text())
+        assert list(dict.fromkeys(row["setting"] for row in rows)) == labels
+        assert {row["method"] for row in rows} == {"ABP", "PCA", "trivial"}
+        assert (evaluated / "reports" / "figures" / f"pics_{section}.png").is_file()
+    assert "ABP is below PCA in 0 of 1 settings; not in d = 4." in report
+
+
+def test_the_truth_stands_beside_the_samples_for_every_kind_of_data(evaluated):
+    figures = {"pics": ("truth", "samples", "reconstructions"),
+               "clips": ("truth_frames", "samples_frames", "reconstructions"),
+               "talk": ("truth_spectrograms", "samples_spectrograms", "reconstructions"),
+               "pics_P50": ("samples", "reconstructions")}  # no truth figure: as before
+    for name, stems in figures.items():
+        folder = evaluated / "reports" / "experiments" / name / "figures"
+        folder.mkdir(parents=True)
+        for stem in stems:
+            (folder / f"{stem}.png").write_bytes(b"")
+    write_outputs(PARAMS, dict(METRICS), evaluated / "reports", evaluated / "metrics")
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    for name, (truth, samples, _) in list(figures.items())[:3]:
+        section = report[report.index(f"### {name}\n"):]
+        assert section.split("\n")[2:6] == [
+            "| truth | samples from the prior |", "|---|---|",
+            (f"| ![{name} {truth}](experiments/{name}/figures/{truth}.png) | "
+             f"![{name} {samples}](experiments/{name}/figures/{samples}.png) |"),
+            ""]
+        assert section.split("\n")[6] == (f"![{name} reconstructions]"
+                                          f"(experiments/{name}/figures/reconstructions.png)")
+    section = report[report.index("### pics_P50\n"):]
+    assert section.split("\n")[2] == "![pics_P50 samples](experiments/pics_P50/figures/samples.png)"
 
 
 def test_the_notes_are_computed_from_the_numbers(evaluated):
