@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 
 from flows.process import (die_with_parent, prefect_server_for_this_process, run_command,
@@ -48,7 +49,13 @@ def run_dvc(command: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str
         return code, output.read()
 
 
-@flow(name="pipeline")
+def _run_name() -> str:
+    """`dvc repro` and its targets (all stages when none): what the run does."""
+    targets = flow_run.parameters.get("targets") or []
+    return " ".join(["dvc repro", *targets])
+
+
+@flow(name="pipeline", flow_run_name=_run_name)
 def pipeline(targets: list[str] | None = None, repo: str = ".") -> dict[str, list[str]]:
     """Run `dvc repro [targets]` in `repo`; return the stages that ran and that were skipped."""
     logger = get_run_logger()

@@ -228,7 +228,7 @@ def prepare_variant(name: str, cfg, base_folder: Path, out: Path,
     return manifest
 
 
-@flow(name="prepare")
+@flow(name="prepare", flow_run_name="prepare {name}")
 def prepare(name: str, params_file: str = str(PARAMS_FILE),
             prepared_root: str = str(PREPARED_ROOT)) -> dict[str, Any]:
     """Prepare the data set or variant `name` from the params file into

@@ -445,7 +445,7 @@ def plots_page(out: Path, template: Path = PAGE_TEMPLATE) -> Path:
     return out
 
 
-@flow(name="report")
+@flow(name="report", flow_run_name="report")
 def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROOT),
            metrics_root: str = str(METRICS_ROOT)) -> dict:
     params = load_params(Path(params_file))

@@ -56,6 +56,7 @@ def test_served_deployment_has_the_schedule_and_a_manual_run_executes(tmp_path, 
                 assert deployment.parameters == {"targets": [], "repo": str(repo)}
                 run = run_deployment("pipeline/retrain", timeout=180)
                 assert run.state.is_completed(), run.state
+                assert run.name == "dvc repro"  # what it did, not a random name
             assert (repo / "out.txt").read_text().strip() == "retrained"
         finally:
             os.killpg(serve.pid, signal.SIGTERM)
