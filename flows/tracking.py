@@ -1,9 +1,12 @@
 """MLflow for the flows: where the store is, how runs are named and tagged, and the model
 registry's `champion` alias.
 
-The default store is `sqlite:///mlflow.db` at the repository root with artifacts under
-`mlartifacts/`; MLFLOW_TRACKING_URI points anywhere else (a server, another database).
-Only the main process (rank 0) of a distributed run logs.
+The default store is `mlflow.db` in the current folder (the repository root) with artifacts
+under `mlartifacts/` beside it; MLFLOW_TRACKING_URI points anywhere else (a
+server, another database). Experiments created on an SQLite store keep their artifacts
+beside the database under locations relative to it (flows.artifacts), so a moved or renamed
+clone keeps them; on a server its own artifact proxy holds them. Only the main process
+(rank 0) of a distributed run logs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from flows import artifacts
 from flows.mlflow_http import HttpLimits, process_http_limits
 
 CHAMPION = "champion"
@@ -41,6 +45,9 @@ def is_main_process() -> bool:
 
 
 def default_uri(root: Path = Path(".")) -> str:
+    """<root>/mlflow.db, as an absolute path: MLflow keeps one store per URI in a process,
+    so `sqlite:///mlflow.db` would go on writing to the first folder it was used in. Nothing
+    that is recorded depends on it: artifact locations are relative (flows.artifacts)."""
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
@@ -51,15 +58,16 @@ def configure(root: Path = Path(".")) -> str:
     return uri
 
 
-def experiment_id(name: str, root: Path = Path(".")) -> str:
-    """The experiment's id, creating it (with artifacts under <root>/mlartifacts when the
-    store is the local default) if needed."""
+def experiment_id(name: str) -> str:
+    """The experiment's id, creating it if needed: on an SQLite store with its artifacts
+    under mlartifacts/ beside the database, at a location relative to it (MLflow would store
+    an absolute one, which a moved clone loses); elsewhere where the store puts them (a
+    server: its artifact proxy)."""
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    location = None
-    if mlflow.get_tracking_uri() == default_uri(root):
-        location = (root / "mlartifacts").resolve().as_uri()
+    on_sqlite = artifacts.sqlite_path(mlflow.get_tracking_uri()) is not None
+    location = artifacts.location() if on_sqlite else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by another process
@@ -117,10 +125,17 @@ def git_commit(root: Path = Path(".")) -> str:
         return "unknown"
 
 
-def run_link(run_id: str, experiment: str) -> str:
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def run_link(run_id: str, experiment_id: str) -> str:
+    """A markdown link to the run in the MLflow UI (`experiment_id`: MLflow's id of its
+    experiment): on the tracking server, or on a local `mlflow ui`, which the note outside
+    the link says to start."""
     uri = mlflow.get_tracking_uri()
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000 (after `mlflow ui`)"
-    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+    served = uri.startswith(("http://", "https://"))
+    url = f"{uri.rstrip('/') if served else LOCAL_UI}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"[{run_id}]({url})" if served else f"[{run_id}]({url}) (open `mlflow ui` first)"
 
 
 def _as_float(text: str | None) -> float | None:
@@ -161,17 +176,28 @@ def log_dataset(name: str, manifest: dict[str, Any], folder: Path) -> MetaDatase
     return dataset
 
 
-def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...]) -> str:
-    """Log the generator into the active run as an MLflow model (pt2 format: no pickle),
-    with an input example and signature; return its model URI."""
+def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...],
+              run_id: str | None = None) -> str:
+    """Log the generator as an MLflow model (pt2 format: no pickle), with an input example
+    and signature, into the active run, or into the run `run_id` without reopening it (an
+    ended run keeps its end time); return its model URI."""
     generator = generator.cpu().eval()
     example = np.zeros((2, *latent_shape), dtype=np.float32)
     with torch.no_grad():
         output = generator(torch.from_numpy(example)).numpy()
+    into_run = {}
+    if run_id is not None:
+        # Created here in the run's experiment: without an active run MLflow would put
+        # the model in its Default experiment.
+        model = mlflow.initialize_logged_model(
+            name="generator", source_run_id=run_id,
+            experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        into_run = {"run_id": run_id, "model_id": model.model_id}
     info = mlflow.pytorch.log_model(generator, name="generator", input_example=example,
                                     signature=infer_signature(example, output),
                                     serialization_format="pt2",
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                    **into_run)
     return info.model_uri
 
 
