@@ -4,7 +4,9 @@ spectrograms (decibels, for a plot with axes).
 
 Signals are in [−1, 1] as everywhere in the project. Clips and sounds are a fraction of a
 second long (8 frames at 25 fps, 4096 samples at 8 kHz), so the writers repeat or join them
-until a file lasts at least `min_seconds`: long enough to watch or hear.
+until a file lasts at least `min_seconds`: long enough to watch or hear. Recorded speech
+peaks far below full scale, so what a wav holds is raised to a listenable level (the peak
+at PEAK_DBFS); the signals themselves are never changed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 MIN_SECONDS = 3.0
+PEAK_DBFS = -1.0  # where a normalised wav peaks: loud, with a little headroom
+# At most 40 dB of gain: a near-silent sound is a little louder, its rounding noise not a roar.
+MAX_GAIN = 100.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -136,12 +141,33 @@ def joined_sounds(waves: torch.Tensor, *, sample_rate: int, gap_seconds: float =
     return once.repeat(max(1, math.ceil(min_seconds * sample_rate / once.numel())))
 
 
-def write_wav(wave: torch.Tensor, path: Path, *, sample_rate: int) -> Path:
-    """A 1×L (or L) waveform → 16-bit wav."""
+def rms(signals: torch.Tensor) -> torch.Tensor:
+    """Per example (first dimension), the root mean square about its own mean: how much
+    signal it carries (silence, a still grey clip: 0)."""
+    flat = signals.detach().float().cpu().reshape(signals.shape[0], -1)
+    return flat.std(dim=1, correction=0)
+
+
+def peak_gain(wave: torch.Tensor, *, peak_dbfs: float = PEAK_DBFS,
+              max_gain: float = MAX_GAIN) -> float:
+    """The gain that brings the waveform's peak to `peak_dbfs` (at most `max_gain`; 1 for
+    silence)."""
+    peak = float(wave.detach().float().abs().max()) if wave.numel() else 0.0
+    if peak == 0.0:
+        return 1.0
+    return min(10 ** (peak_dbfs / 20) / peak, max_gain)
+
+
+def write_wav(wave: torch.Tensor, path: Path, *, sample_rate: int,
+              gain: float | None = None) -> Path:
+    """A 1×L (or L) waveform → 16-bit wav, multiplied by `gain`: by default the one that
+    brings its peak to PEAK_DBFS (peak_gain). Pass a gain computed from a reference (gain=1
+    for sounds already scaled) to keep loudness relative to it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), wave.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy(),
-                    int(sample_rate), subtype="PCM_16")
+    samples = wave.detach().float().cpu().reshape(-1)
+    samples = samples * (peak_gain(samples) if gain is None else gain)
+    soundfile.write(str(path), samples.clamp(-1, 1).numpy(), int(sample_rate), subtype="PCM_16")
     return path
 
 

@@ -28,9 +28,10 @@ measurements), for ABP as for both baselines: x̂ + A⁺(y − A x̂).
 
 Writes metrics/experiments/<experiment>.json (flat numbers, for `dvc metrics diff`), and under
 reports/experiments/<experiment>/ figures/ (PNG) and media/ (mp4 and wav of at least 3 s,
-and index.json listing what was written); logs them into the training's MLflow run,
-registers the generator and moves the `champion` alias to it when its held-out error beats
-the champion's.
+and index.json listing what was written and which examples the comparisons show: for sound
+and video the ones carrying the most signal); logs them into the training's MLflow run
+(which keeps its end time and status), registers the generator and moves the `champion`
+alias to it when its held-out error beats the champion's.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import mlflow
 import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -72,7 +74,7 @@ from flows.experiment import (
     write_json,
 )
 from flows.process import prefect_server_for_this_process, run_command
-from flows.samples import write_comparison, write_media
+from flows.samples import shown_examples, write_comparison, write_media
 
 matplotlib.use("Agg")  # files only, no display
 from matplotlib import pyplot as plt
@@ -127,7 +129,8 @@ def consistent(x_hat: torch.Tensor, y: torch.Tensor, observation, shape) -> torc
 
 def compute_metrics(exp: Experiment, generator) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """ABP's errors beside those of PCA and of the trivial baseline, scored alike, with the
-    sizes that explain them; and the signals the figures show ({row label: signals})."""
+    sizes that explain them; and the signals the figures compare ({row label: signals}, the
+    whole split: write_figures picks the examples shown)."""
     logger = run_logger()
     train_split, test_split = exp.split("train"), exp.split("test")
     (train, y_train, obs_train), (test, y_test, obs_test) = train_split, test_split
@@ -164,23 +167,29 @@ def compute_metrics(exp: Experiment, generator) -> tuple[dict[str, float], dict[
     if isinstance(observation, Mask):
         shown["observed"] = y
     elif not isinstance(observation, Identity):  # what the measurements say: A⁺y
-        shown["A⁺y"] = observation.pseudo_inverse(y, exp.signal_shape)
+        # (spelled out: the figures' font has no superscript plus)
+        shown["pinv(A)·y"] = observation.pseudo_inverse(y, exp.signal_shape)
     shown.update({"ABP": abp, f"PCA d={d}": pca})
-    return metrics, {label: signals[:8] for label, signals in shown.items()}
+    return metrics, shown
 
 
 def write_figures(exp: Experiment, generator, shown: dict[str, torch.Tensor],
                   history: list[dict]) -> list[Path]:
-    """Samples, the labelled comparison, and the training curves (PNG under figures/: DVC
-    shows them as image plots); mp4 and wav under media/ with index.json listing it all.
-    Files an earlier evaluation left that this one did not write are removed."""
+    """Samples, the labelled comparison of a few examples (shown_examples), and the training
+    curves (PNG under figures/: DVC shows them as image plots); mp4 and wav under media/
+    with index.json listing it all. Files an earlier evaluation left that this one did not
+    write are removed."""
     figures, sounds_and_videos = exp.report_folder / "figures", exp.report_folder / "media"
+    examples = shown_examples(exp.kind, shown["truth"])
+    shown = {label: signals[examples] for label, signals in shown.items()}
     options = {k: exp.manifest[k] for k in ("fps", "sample_rate") if k in exp.manifest}
     options["sound_and_video_folder"] = sounds_and_videos
     with torch.no_grad():
         samples = generator(generator.sample_latent(exp.cfg.evaluation.n_samples,
                                                     rng=torch.Generator().manual_seed(12345)))
     paths = write_media(samples, exp.kind, figures, "samples", **options)
+    # The examples the comparison shows, as they are: what the samples should look like.
+    paths += write_media(shown["truth"], exp.kind, figures, "truth", **options)
     paths += write_comparison(shown, exp.kind, figures, "reconstructions", **options)
     if tuple(generator.latent_shape) == (2,):
         paths.append(save_png(latent_grid(generator), figures / "latent_grid.png"))
@@ -200,7 +209,7 @@ def write_figures(exp: Experiment, generator, shown: dict[str, torch.Tensor],
     fig.savefig(figures / "training.png", dpi=100)
     plt.close(fig)
     paths.append(figures / "training.png")
-    paths.append(write_media_index(exp, paths, list(shown)))
+    paths.append(write_media_index(exp, paths, list(shown), examples))
     for folder in (figures, sounds_and_videos):
         for stale in set(folder.iterdir()) - set(paths):
             if stale.is_file():
@@ -209,6 +218,7 @@ def write_figures(exp: Experiment, generator, shown: dict[str, torch.Tensor],
 
 
 SHOWS = {"samples": "signals the generator makes from latents drawn from its prior",
+         "truth": "the {split} examples the comparisons show, as they are",
          "reconstructions": "the same {split} examples, one row per method: {rows}",
          "reconstructions.wav": "the same {split} examples, each as every method gives it, "
                                 "in turn: {rows}",
@@ -217,9 +227,11 @@ SHOWS = {"samples": "signals the generator makes from latents drawn from its pri
          "large_texture": "one texture from a latent map 2×3 times the training one's"}
 
 
-def write_media_index(exp: Experiment, paths: list[Path], rows: list[str]) -> Path:
+def write_media_index(exp: Experiment, paths: list[Path], rows: list[str],
+                      examples: list[int]) -> Path:
     """media/index.json: what this evaluation wrote, with the length of every mp4 and wav
-    (image data have none: the index says so, and the folder DVC tracks is never empty)."""
+    (image data have none: the index says so, and the folder DVC tracks is never empty),
+    and the indices in their split of the examples the comparisons show."""
     folder = exp.report_folder / "media"
     split = "test" if exp.manifest["counts"].get("test") else "training"
     def shows(path: Path) -> str:
@@ -227,6 +239,7 @@ def write_media_index(exp: Experiment, paths: list[Path], rows: list[str]) -> Pa
         text = SHOWS.get(path.name, SHOWS.get(stem, path.stem))
         return text.format(split=split, rows=", ".join(rows))
     index = {"experiment": exp.name, "kind": exp.kind,
+             "examples": {"split": split, "indices": examples},
              "media": [{"file": p.name, "seconds": round(media.duration_seconds(p), 2),
                         "shows": shows(p)} for p in paths if p.parent == folder],
              "figures": [{"file": f"../figures/{p.name}", "shows": shows(p)}
@@ -268,24 +281,40 @@ def check_finite_metrics(metrics: dict[str, float], experiment: str) -> None:
                             "promoted.")
 
 
+def has_media(folder: Path) -> bool:
+    """Whether the media folder holds sound or video, not only its index (image data)."""
+    return folder.is_dir() and any(p.name != "index.json" for p in folder.iterdir())
+
+
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def record(exp: Experiment, generator, run: dict[str, Any], metrics: dict[str, float],
            figures: Path) -> bool:
-    """Log evaluation into the training's MLflow run; register the model; maybe promote it."""
+    """Log evaluation into the training's MLflow run; register the model; maybe promote it.
+
+    The run is written to by id, never reopened: mlflow.start_run(run_id) then end_run
+    would set its end time to now, and a 6-minute training would show as lasting until its
+    evaluation ended. MLflow takes metrics, artifacts and models for an ended run and
+    leaves its status and end time alone; the metrics stay on the training's run, where
+    flows.compare and the runs table read them."""
     tracking.configure()
-    with mlflow.start_run(run_id=run["mlflow_run_id"]):
-        if not run.get("model_uri"):  # the tracking server was away when training ended
-            run["model_uri"] = tracking.log_model(generator, tuple(generator.latent_shape))
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(figures), artifact_path="evaluation")
-        if (figures.parent / "media").is_dir():
-            mlflow.log_artifacts(str(figures.parent / "media"), artifact_path="evaluation/media")
+    run_id = run["mlflow_run_id"]
+    if not run.get("model_uri"):  # the tracking server was away when training ended
+        run["model_uri"] = tracking.log_model(generator, tuple(generator.latent_shape),
+                                              run_id=run_id)
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
+                                      for key, value in metrics.items()])
+    client.log_artifacts(run_id, str(figures), artifact_path="evaluation")
+    if has_media(figures.parent / "media"):  # image data: no empty evaluation/media
+        client.log_artifacts(run_id, str(figures.parent / "media"),
+                             artifact_path="evaluation/media")
     score = metrics.get("heldout_mae", metrics["train_mae"])
     _, champion = registry.register(exp, generator, run["mlflow_run_id"], run["model_uri"], score)
     return champion
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name="evaluate {experiment}")
 def evaluate(experiment: str, params_file: str = "params.yaml",
              prepared_root: str = str(PREPARED_ROOT), models_root: str = str(MODELS_ROOT),
              reports_root: str = str(REPORTS_ROOT),
@@ -325,7 +354,7 @@ def _evaluate(experiment: str, params_file: str, prepared_root: str, models_root
     create_markdown_artifact(
         key=f"evaluate-{experiment}".lower().replace("_", "-"),
         markdown=(f"# Evaluation of {experiment}\n\n| metric | value |\n|---|---|\n{rows}\n"
-                  f"Champion: {'yes' if champion else 'no'}. MLflow run: "
+                  f"Champion: {'yes' if champion else 'no'}.\n\nMLflow run: "
                   f"{tracking.run_link(run['mlflow_run_id'], run['mlflow_experiment_id'])}\n"),
         description=f"ABP evaluation of {experiment}")
     return metrics

@@ -4,10 +4,11 @@
 - video: an mp4 of the clips side by side, looped to last at least 3 s, plus a PNG grid of
   their frames;
 - audio: one wav of the clips one after another (short silences between, repeated to at
-  least 3 s) plus a PNG of their spectrograms with axes in seconds and hertz.
+  least 3 s, peaking at a listenable level) plus a PNG of their spectrograms with axes in
+  seconds and hertz.
 
 `write_comparison` shows the same examples as several methods give them (truth, observed,
-ABP's recovery, PCA's, …), one labelled row per method.
+ABP's recovery, PCA's, …), one labelled row per method; `shown_examples` picks which.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ def write_media(signals: torch.Tensor, kind: str, folder: Path, stem: str, *,
     """Write `signals` as media files named <stem>… in `folder` (PNG pictures) and in
     `sound_and_video_folder` (mp4 and wav; `folder` too if None); return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    other = sound_and_video_folder or folder
-    other.mkdir(parents=True, exist_ok=True)
+    other = sound_and_video_folder or folder  # made by the mp4 and wav writers, if needed
     if kind == "image":
         return [media.save_png(media.image_grid(signals), folder / f"{stem}.png")]
     if kind == "video":
         return [media.write_mp4(signals, other / f"{stem}.mp4", fps=fps),
                 media.save_png(media.clip_frames_grid(signals), folder / f"{stem}_frames.png")]
-    if kind == "audio":
+    if kind == "audio":  # one gain for the file: the loudest sound peaks at PEAK_DBFS
         sounds = signals[:max_sounds]
         return [media.write_wav(media.joined_sounds(sounds, sample_rate=sample_rate),
                                 other / f"{stem}.wav", sample_rate=sample_rate),
@@ -51,7 +51,9 @@ def write_comparison(rows: dict[str, torch.Tensor], kind: str, folder: Path, ste
     method: images as one PNG; video as a PNG of frames (for each clip, one row per method,
     time left to right) and an mp4 (a row per method, a column per clip); sound as a PNG of
     spectrograms (a row per method, a column per clip) and a wav that plays each clip as each
-    method gives it, in the rows' order."""
+    method gives it, in the rows' order, every version of a clip raised by the gain that
+    brings the first row's (the truth's) to a listenable peak: each clip is heard well, and
+    which method's version is louder stays true."""
     folder.mkdir(parents=True, exist_ok=True)
     other = sound_and_video_folder or folder
     n = min(COMPARED_EXAMPLES[kind], *(len(r) for r in rows.values()))
@@ -67,11 +69,24 @@ def write_comparison(rows: dict[str, torch.Tensor], kind: str, folder: Path, ste
                 media.write_mp4(torch.cat(signals), other / f"{stem}.mp4", fps=fps, ncol=n,
                                 labels=labels)]
     if kind == "audio":
-        in_turn = torch.stack([s[i] for i in range(n) for s in signals])
+        gains = [media.peak_gain(signals[0][i]) for i in range(n)]
+        in_turn = torch.stack([s[i] * gains[i] for i in range(n) for s in signals])
         return [spectrograms(dict(zip(labels, signals)), sample_rate, folder / f"{stem}.png"),
                 media.write_wav(media.joined_sounds(in_turn, sample_rate=sample_rate),
-                                other / f"{stem}.wav", sample_rate=sample_rate)]
+                                other / f"{stem}.wav", sample_rate=sample_rate, gain=1.0)]
     raise ValueError(f"no media for kind {kind!r}")
+
+
+def shown_examples(kind: str, truth: torch.Tensor) -> list[int]:
+    """Which examples a comparison shows, in their split's order: the first ones for images;
+    for sound and video the ones that carry the most signal (media.rms), never a silent
+    pause or a still frame while livelier examples exist. Deterministic: ties go to the
+    earlier example."""
+    n = min(COMPARED_EXAMPLES[kind], len(truth))
+    if kind == "image":
+        return list(range(n))
+    order = torch.sort(media.rms(truth), descending=True, stable=True).indices
+    return sorted(order[:n].tolist())
 
 
 def spectrograms(rows: dict[str, torch.Tensor], sample_rate: int, path: Path) -> Path:

@@ -106,10 +106,10 @@ def _abp_config(exp: Experiment, retuned: dict[str, float] | None) -> ABPConfig:
 
 
 class EpochRecorder:
-    """Epoch callback: progress bar, MLflow metrics per epoch, sample media every N epochs
-    from one fixed latent batch (so the samples are comparable from epoch to epoch). The
-    records go through a TrackingRecorder: a tracking server that is away delays them, it
-    never stops the training."""
+    """Epoch callback: progress bar, MLflow metrics per epoch, sample media before training
+    (step 0) and every N epochs from one fixed latent batch (so the samples are comparable
+    from epoch to epoch). The records go through a TrackingRecorder: a tracking server that
+    is away delays them, it never stops the training."""
 
     def __init__(self, exp: Experiment, trainer: ABPTrainer, progress: tqdm,
                  recorder: TrackingRecorder | None):
@@ -128,10 +128,17 @@ class EpochRecorder:
                                   step=trainer.epoch)
         training = self.exp.cfg.training
         if trainer.epoch % training.media_every == 0 or trainer.epoch == training.epochs:
-            with torch.no_grad():
-                samples = trainer.generator(self.fixed_z)
-            log_media(samples, self.exp.kind, "samples", trainer.epoch, self.recorder,
-                      **self.media_options)
+            self.log_samples(trainer)
+
+    def log_samples(self, trainer: ABPTrainer) -> None:
+        """The fixed latents' samples at the trainer's epoch (step); at step 0, before
+        training, they are what the per-step chart starts from."""
+        if self.recorder is None:
+            return
+        with torch.no_grad():
+            samples = trainer.generator(self.fixed_z)
+        log_media(samples, self.exp.kind, "samples", trainer.epoch, self.recorder,
+                  **self.media_options)
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -181,7 +188,7 @@ def fit_with_retries(exp: Experiment, trainer: ABPTrainer, callbacks: list, save
                            retuned[error.setting], was)
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name="train {experiment}")
 def train(experiment: str, params_file: str = "params.yaml",
           prepared_root: str = str(PREPARED_ROOT), models_root: str = str(MODELS_ROOT)) -> dict[str, Any]:
     """Train the experiment; return where its outputs are and its final statistics."""
@@ -241,7 +248,10 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
         training = exp.cfg.training
         with tqdm(total=training.epochs, initial=trainer.epoch, desc=experiment, unit="epoch",
                   file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 15) as progress:
-            callbacks = [EpochRecorder(exp, trainer, progress, recorder), saver]
+            epoch_recorder = EpochRecorder(exp, trainer, progress, recorder)
+            if not resume:  # a resumed run has its step 0 already
+                epoch_recorder.log_samples(trainer)
+            callbacks = [epoch_recorder, saver]
             fit_with_retries(exp, trainer, callbacks, saver, checkpoint, recorder, logger)
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
         summary = _write_outputs(exp, trainer, run, recorder, logger)

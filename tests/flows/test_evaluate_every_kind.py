@@ -5,7 +5,9 @@ enough to watch or hear, and an index of them all."""
 import json
 import math
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
 from abp.datasets import observations
@@ -97,14 +99,18 @@ def test_figures_are_labelled_and_media_last_long_enough_to_watch(kind, suffix, 
     exp, generator = experiment(kind, tmp_path)
     _, shown = compute_metrics(exp, generator)
     history = [{"epoch": 1, "energy": 10.0, "reconstruction_mse": 0.1}]
-    stale = exp.report_folder / "media" / f"truth{suffix}"  # what an older version wrote
+    stale = exp.report_folder / "media" / f"latents{suffix}"  # what an older version wrote
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
     write_figures(exp, generator, shown, history)
     figures = {p.name for p in (exp.report_folder / "figures").iterdir()}
     assert "reconstructions.png" in figures and "training.png" in figures
+    # the truth beside the samples, in the report
+    assert {"image": "truth.png", "video": "truth_frames.png",
+            "audio": "truth_spectrograms.png"}[kind] in figures
     sounds_and_videos = sorted((exp.report_folder / "media").glob(f"*{suffix}"))
-    assert [p.name for p in sounds_and_videos] == [f"reconstructions{suffix}", f"samples{suffix}"]
+    assert [p.name for p in sounds_and_videos] == [f"reconstructions{suffix}", f"samples{suffix}",
+                                                   f"truth{suffix}"]
     for path in sounds_and_videos:
         assert duration_seconds(path) >= 3.0  # 4 frames at 25 fps, 64 samples at 8 kHz
     index = json.loads((exp.report_folder / "media" / "index.json").read_text())
@@ -112,3 +118,27 @@ def test_figures_are_labelled_and_media_last_long_enough_to_watch(kind, suffix, 
     assert all(m["seconds"] >= 3.0 for m in index["media"])
     assert ": truth, ABP, PCA d=8" in next(m["shows"] for m in index["media"]
                                          if m["file"].startswith("reconstructions"))
+
+
+def test_sound_is_heard_from_clips_with_signal_each_at_its_truths_level(tmp_path):
+    exp, generator = experiment("audio", tmp_path)
+    test = exp.splits["test"]["x"]
+    test.mul_(0.02)  # recorded speech: far below full scale
+    test[0] = 0  # a pause between words: never the one shown
+    _, shown = compute_metrics(exp, generator)
+    write_figures(exp, generator, shown, [{"epoch": 1, "energy": 1.0, "reconstruction_mse": 0.1}])
+    index = json.loads((exp.report_folder / "media" / "index.json").read_text())
+    assert index["examples"] == {"split": "test", "indices": [1, 2, 3]}
+
+    # reconstructions.wav: each clip as truth, ABP, PCA in turn, each followed by a gap
+    written, _ = soundfile.read(exp.report_folder / "media" / "reconstructions.wav")
+    length, gap = test.shape[-1], round(0.25 * 8000)
+    segments = [written[k * (length + gap):k * (length + gap) + length] for k in range(9)]
+    lsb = 2 / 32768
+    for clip, i in enumerate([1, 2, 3]):
+        truth, abp = segments[3 * clip], segments[3 * clip + 1]
+        assert np.abs(truth).max() == pytest.approx(10 ** (-1 / 20), abs=lsb)  # −1 dBFS
+        gain = 10 ** (-1 / 20) / float(test[i].abs().max())  # the truth's, for ABP's too
+        np.testing.assert_allclose(abp, (shown["ABP"][i].reshape(-1) * gain).clamp(-1, 1),
+                                   atol=lsb)
+    assert float(test[1:].abs().max()) < 0.05  # the data themselves were not raised

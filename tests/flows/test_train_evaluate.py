@@ -10,6 +10,8 @@ import torch
 import yaml
 from media import write_images
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter
 
 from flows import tracking
 from flows.evaluate import main as evaluate_main
@@ -61,6 +63,9 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
                                                   "mlflow_run.json", "checkpoints"}
     assert torch.load(models / "latent_bank.pt", weights_only=True).shape == (18, 4)
     assert [h["epoch"] for h in json.loads((models / "history.json").read_text())] == [1, 2, 3]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    trained = client.get_run(json.loads((models / "mlflow_run.json").read_text())["mlflow_run_id"])
+    assert trained.info.status == "FINISHED"
 
     assert evaluate_main(["tiny"]) == 0
     # The metrics live apart from the figures, in a folder committed with git.
@@ -74,17 +79,20 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     report = workspace / "reports" / "experiments" / "tiny"
     assert not (report / "metrics.json").exists()
     assert {p.name for p in (report / "figures").iterdir()} == {
-        "samples.png", "reconstructions.png", "training.png"}
+        "samples.png", "truth.png", "reconstructions.png", "training.png"}
     index = json.loads((report / "media" / "index.json").read_text())  # never an empty folder
     assert index["media"] == [] and "no sound or video" in index["note"]
     assert {f["file"] for f in index["figures"]} == {
-        "../figures/samples.png", "../figures/reconstructions.png", "../figures/training.png"}
+        f"../figures/{name}" for name in
+        ("samples.png", "truth.png", "reconstructions.png", "training.png")}
     assert "truth, observed, ABP, PCA d=4" in next(
         f["shows"] for f in index["figures"] if f["file"].endswith("reconstructions.png"))
 
     run_info = json.loads((models / "mlflow_run.json").read_text())
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
     run = client.get_run(run_info["mlflow_run_id"])
+    # Evaluation logged into the run without reopening it: its duration is the training's.
+    assert (run.info.status, run.info.end_time) == (trained.info.status, trained.info.end_time)
+    assert run.info.artifact_uri.startswith("abp-local:/mlartifacts/")  # beside mlflow.db
     assert client.get_experiment(run.info.experiment_id).name == "abp-pics_P50"
     assert run.info.run_name == "tiny-image-abp"
     assert run.data.params["abp.sigma"] == "0.3" and run.data.params["generator.kind"] == "image"
@@ -98,7 +106,11 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert any(k.startswith("system/") for k in run.data.metrics)  # system metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"latents", "history.json", "evaluation", "images"} <= artifacts
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert evaluation == {f"evaluation/{name}" for name in  # no media folder for images
+                          ("samples.png", "truth.png", "reconstructions.png", "training.png")}
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert any("samples+step+0+" in p for p in images)  # before training: the chart's start
     assert any("samples+step+2+" in p for p in images)  # the sample grid at epoch 2
     assert any("samples+step+3+" in p for p in images)  # and at the last epoch
 
@@ -107,6 +119,17 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     model = mlflow.pytorch.load_model("models:/abp-tiny@champion")
     assert model(torch.zeros(2, 4)).shape == (2, 1, 16, 16)
+
+    # Prefect: flow runs named after what they did, artifacts linking to the MLflow run.
+    with get_client(sync_client=True) as prefect:
+        names = {r.name for r in prefect.read_flow_runs()}
+        assert {"train tiny", "evaluate tiny"} <= names
+        url = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+               f"{run.info.run_id}")
+        link = f"[{run.info.run_id}]({url}) (open `mlflow ui` first)"
+        for key in ("train-tiny", "evaluate-tiny"):
+            assert link in prefect.read_latest_artifacts(
+                artifact_filter=ArtifactCollectionFilter(key={"any_": [key]}))[0].data
 
 
 def test_more_epochs_resume_the_checkpoint_into_the_same_run(workspace):
