@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import mlflow
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -301,10 +301,10 @@ def record(exp: Experiment, generator, run: dict[str, Any], metrics: dict[str, f
     if not run.get("model_uri"):  # the tracking server was away when training ended
         run["model_uri"] = tracking.log_model(generator, tuple(generator.latent_shape),
                                               run_id=run_id)
+    # By run id: the run is not reopened, and MLflow links the metrics to the model the
+    # run logged too (its page in the Models view shows them), as MlflowClient does not.
+    mlflow.log_metrics(metrics, run_id=run_id)
     client = MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
-                                      for key, value in metrics.items()])
     client.log_artifacts(run_id, str(figures), artifact_path="evaluation")
     if has_media(figures.parent / "media"):  # image data: no empty evaluation/media
         client.log_artifacts(run_id, str(figures.parent / "media"),

@@ -93,6 +93,9 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     # Evaluation logged into the run without reopening it: its duration is the training's.
     assert (run.info.status, run.info.end_time) == (trained.info.status, trained.info.end_time)
     assert run.info.artifact_uri.startswith("abp-local:/mlartifacts/")  # beside mlflow.db
+    # and the evaluation's numbers on the logged generator's page (Models view) too
+    logged = client.get_logged_model(run_info["model_uri"].removeprefix("models:/"))
+    assert {"heldout_mae", "pca_heldout_mae"} <= {m.key for m in logged.metrics}
     assert client.get_experiment(run.info.experiment_id).name == "abp-pics_P50"
     assert run.info.run_name == "tiny-image-abp"
     assert run.data.params["abp.sigma"] == "0.3" and run.data.params["generator.kind"] == "image"
