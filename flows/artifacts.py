@@ -60,9 +60,9 @@ def store_folder(tracking_uri: str | None = None) -> Path:
     return (database.parent if database is not None else Path(".")).resolve()
 
 
-def local_path(artifact_uri: str, tracking_uri: str | None = None) -> Path:
-    """Where an `abp-local:/…` URI's files are on this machine. A path that would leave the
-    store's folder is refused (a server serves whatever its repository names)."""
+def relative_path(artifact_uri: str) -> str:
+    """The path an `abp-local:/…` URI names, relative to the store's folder. A path that
+    would leave that folder is refused (a server serves whatever its repository names)."""
     from mlflow.exceptions import MlflowException
     parsed = urlparse(artifact_uri)
     if parsed.scheme != SCHEME or parsed.netloc:
@@ -70,13 +70,38 @@ def local_path(artifact_uri: str, tracking_uri: str | None = None) -> Path:
     relative = posixpath.normpath(unquote(parsed.path).lstrip("/"))
     if relative == ".." or relative.startswith("../"):
         raise MlflowException(f"{artifact_uri!r} points outside the tracking store's folder")
-    return store_folder(tracking_uri) / relative
+    return relative
+
+
+def local_path(artifact_uri: str, tracking_uri: str | None = None) -> Path:
+    """Where an `abp-local:/…` URI's files are on this machine."""
+    return store_folder(tracking_uri) / relative_path(artifact_uri)
+
+
+def proxied(artifact_uri: str) -> str:
+    """The same files through a tracking server's artifact proxy: `abp-local:/mlartifacts/p`
+    → `mlflow-artifacts:/p`, which a server serving the store from its folder (with its
+    default --artifacts-destination, ./mlartifacts) maps onto the same folder."""
+    from mlflow.exceptions import MlflowException
+    relative = relative_path(artifact_uri)
+    if not relative.startswith(f"{FOLDER}/"):
+        raise MlflowException(f"{artifact_uri!r} is not under {FOLDER}/: no tracking server "
+                              "serves it")
+    return f"mlflow-artifacts:/{relative.removeprefix(f'{FOLDER}/')}"
 
 
 def repository(artifact_uri: str, tracking_uri: str | None = None,
                registry_uri: str | None = None):
-    """The artifact repository MLflow builds for an `abp-local:` URI (the entry point)."""
+    """The artifact repository MLflow builds for an `abp-local:` URI (the entry point): the
+    files in the store's folder; for a client of a tracking server (an http(s) tracking URI,
+    outside the server itself), the server's artifact proxy, not a folder of the client's."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    uri = str(tracking_uri or mlflow.get_tracking_uri())
+    if uri.startswith(("http://", "https://")) and not os.environ.get(SERVER_STORE_ENV):
+        return get_artifact_repository(proxied(artifact_uri), tracking_uri=uri,
+                                       registry_uri=registry_uri)
     folder = local_path(artifact_uri, tracking_uri)
     return LocalArtifactRepository(folder.as_uri(), tracking_uri=tracking_uri,
                                    registry_uri=registry_uri)

@@ -124,6 +124,18 @@ def test_a_moved_clone_keeps_its_artifacts_models_and_served_files(clone, monkey
         mlmodel = get(f"{base}/ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
                       "?artifact_file_path=MLmodel")
         assert b"flavors:" in mlmodel
+        # A client of that server, elsewhere, reads the same files through its proxy.
+        elsewhere = Path(moved).parent / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
+        mlflow.set_tracking_uri(base)
+        downloaded = MlflowClient(base).download_artifacts(run_id, "notes/history.txt",
+                                                           str(elsewhere))
+        assert Path(downloaded).read_text() == "energy 1.0"
+        generator, _ = registry.load("moved")
+        assert generator(torch.zeros(1, 2)).shape == (1, 3)
+        assert not (elsewhere / "mlartifacts").exists()
         # Through a server, experiments keep the server's own artifact proxy.
         mlflow.set_tracking_uri(base)
         created = mlflow.get_experiment(tracking.experiment_id("abp-served"))
@@ -148,3 +160,5 @@ def test_paths_are_relative_to_the_sqlite_store_and_never_leave_it(tmp_path, mon
             artifacts.local_path(escaping)
     with pytest.raises(MlflowException, match="not an abp-local"):
         artifacts.local_path("abp-local://host/mlartifacts")
+    assert artifacts.proxied("abp-local:/mlartifacts/models/m-1/artifacts") == \
+        "mlflow-artifacts:/models/m-1/artifacts"
