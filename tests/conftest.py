@@ -1,7 +1,13 @@
 import atexit
 import os
 import shutil
+import signal
 import tempfile
+
+# Ctrl-C as a terminal sends it, even when the suite was started in the background by a shell
+# without job control (`nohup make test &`), which sets SIGINT to ignored: an ignored signal
+# stays ignored in every process the tests start, and the interrupt tests would see nothing.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Prefect: the suite never touches the user's state (~/.prefect) nor the project's (.prefect/,
 # where the flows keep it, see flows/prefect_home.py), nor a server the user has configured.
