@@ -4,10 +4,12 @@ import shutil
 import signal
 import tempfile
 
-# Ctrl-C as a terminal sends it, even when the suite was started in the background by a shell
-# without job control (`nohup make test &`), which sets SIGINT to ignored: an ignored signal
-# stays ignored in every process the tests start, and the interrupt tests would see nothing.
+# The processes the tests start behave as if started from a terminal, even when the suite
+# runs in the background (`nohup make test &`): a shell without job control sets SIGINT to
+# ignored, nohup SIGHUP, and ignored signals stay ignored in every process started since
+# (Ctrl-C would do nothing; flows.process keeps a nohup'ed command alive after its parent).
 signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 # Prefect: the suite never touches the user's state (~/.prefect) nor the project's (.prefect/,
 # where the flows keep it, see flows/prefect_home.py), nor a server the user has configured.
