@@ -23,7 +23,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import mlflow
 import numpy as np
@@ -108,13 +107,12 @@ def experiment_params(exp) -> dict[str, Any]:
 def require_store(uri: str) -> None:
     """For reading: raise TrackingUnavailable when an sqlite URI names no file (MLflow would
     create an empty store there and find nothing)."""
-    if uri.startswith("sqlite:///"):
-        path = Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
-        if str(path) not in ("", ":memory:") and not path.is_file():
-            raise TrackingUnavailable(
-                f"there is no MLflow store at {path.resolve()} (tracking URI {uri}): run from "
-                "the repository root (where make run records into mlflow.db), or set "
-                "MLFLOW_TRACKING_URI to the store that holds the runs")
+    path = artifacts.sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise TrackingUnavailable(
+            f"there is no MLflow store at {path.resolve()} (tracking URI {uri}): run from "
+            "the repository root (where make run records into mlflow.db), or set "
+            "MLFLOW_TRACKING_URI to the store that holds the runs")
 
 
 def git_commit(root: Path = Path(".")) -> str:
@@ -261,10 +259,10 @@ def _check_server(uri: str, timeout: float) -> None:
 
 
 def _check_sqlite(uri: str, timeout: float) -> None:
-    name = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
-    if name in ("", ":memory:"):
+    database = artifacts.sqlite_path(uri)
+    if database is None:  # in memory
         return
-    path = Path(name).resolve()
+    path = database.resolve()
     advice = ("point MLFLOW_TRACKING_URI to another store" if _named(uri).startswith("MLFLOW")
               else "set MLFLOW_TRACKING_URI to another store")
     if path.is_dir():
