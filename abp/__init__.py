@@ -11,18 +11,43 @@ This package imports only torch and numpy; the pipeline (Prefect, MLflow, DVC) l
 `flows/`.
 """
 
+from abp.divergence import DivergenceError
 from abp.energy import energy
 from abp.langevin import infer, reconstruct
-from abp.models import (AudioGenerator, Generator, ImageGenerator, LinearGenerator,
-                        TextureGenerator, VideoGenerator, build_generator, face_generator)
+from abp.models import (
+    AudioGenerator,
+    Generator,
+    ImageGenerator,
+    LinearGenerator,
+    TextureGenerator,
+    VideoGenerator,
+    build_generator,
+    face_generator,
+)
 from abp.observe import Identity, LocalAverage, Mask, Observation, Projection
-from abp.divergence import DivergenceError
-from abp.train import ABPConfig, ABPTrainer, Checkpointer, LatentBank
+from abp.train import ABPConfig, ABPTrainer, Checkpointer, ExecutionConfig, LatentBank
 
 __all__ = [
-    "ABPConfig", "ABPTrainer", "AudioGenerator", "Checkpointer", "DivergenceError", "Generator",
+    "ABPConfig",
+    "ABPTrainer",
+    "AudioGenerator",
+    "Checkpointer",
+    "DivergenceError",
+    "ExecutionConfig",
+    "Generator",
     "Identity",
-    "ImageGenerator", "LatentBank", "LinearGenerator", "LocalAverage", "Mask", "Observation",
-    "Projection", "TextureGenerator", "VideoGenerator", "build_generator", "energy",
-    "face_generator", "infer", "reconstruct",
+    "ImageGenerator",
+    "LatentBank",
+    "LinearGenerator",
+    "LocalAverage",
+    "Mask",
+    "Observation",
+    "Projection",
+    "TextureGenerator",
+    "VideoGenerator",
+    "build_generator",
+    "energy",
+    "face_generator",
+    "infer",
+    "reconstruct",
 ]

@@ -23,12 +23,13 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Literal
 
 import torch
-from torch import nn
+from annotated_types import Ge, Gt, Lt
 
 from abp.divergence import ENERGY_RISE_LIMIT, DivergenceWatch, diagnose_divergence
 from abp.energy import energy_of_residual
@@ -36,54 +37,73 @@ from abp.fast import fast_forward
 from abp.files import atomic_path
 from abp.graphs import CUDAGraphed
 from abp.langevin import infer
+from abp.models import Generator
 from abp.observe import Identity, Observation
+from abp.settings import as_dict, check_fields
 
 CHECKPOINT_FORMAT = 1
-
-# Switches that change how the iteration is executed, not what it computes (up to float
-# rounding): a checkpoint made with other values of these still resumes the same run.
-EXECUTION_SWITCHES = ("channels_last", "compile", "cuda_graphs")
+Beta = Annotated[float, Ge(0), Lt(1)]  # Adam's decay rates
 
 
 @dataclass(frozen=True)
 class ABPConfig:
-    """Knobs of the algorithm. `sigma` is σ, `step_size` is s, `langevin_steps` is l."""
+    """What the algorithm computes. `sigma` is σ, `step_size` is s, `langevin_steps` is l.
 
-    sigma: float = 0.3
-    step_size: float = 0.1
-    langevin_steps: int = 10
-    noise: bool = True
+    The one definition of these settings: params.yaml's `experiments.<name>.abp` is
+    validated into this class (flows/config.py), with the bounds annotated here."""
+
+    sigma: Annotated[float, Gt(0)] = 0.3
+    step_size: Annotated[float, Gt(0)] = 0.1
+    langevin_steps: Annotated[int, Ge(0)] = 10
+    noise: bool = True  # off: the l steps are gradient descent on the energy
     optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = 3e-4
-    adam_betas: tuple[float, float] = (0.5, 0.999)
-    sgd_momentum: float = 0.0
-    batch_size: int = 64
+    learning_rate: Annotated[float, Gt(0)] = 3e-4
+    adam_betas: tuple[Beta, Beta] = (0.5, 0.999)
+    sgd_momentum: Annotated[float, Ge(0)] = 0.0
+    batch_size: Annotated[int, Ge(1)] = 64  # examples per learning step
     seed: int = 0
-    # Speed switches (abp.fast, abp.graphs); the inference batch may be larger than the
-    # learning one; cuda_graphs replays the Langevin loop from CUDA graphs (CUDA only).
-    inference_batch_size: int | None = None
-    channels_last: bool = False
-    bf16: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
-        positive = {"sigma": self.sigma, "step_size": self.step_size,
-                    "learning_rate": self.learning_rate, "batch_size": self.batch_size}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        if self.langevin_steps < 0:
-            raise ValueError(f"langevin_steps must be ≥ 0, got {self.langevin_steps!r}")
-        if self.inference_batch_size is not None and self.inference_batch_size < self.batch_size:
-            raise ValueError(f"inference_batch_size ({self.inference_batch_size}) must be at "
-                             f"least batch_size ({self.batch_size})")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        check_fields(self)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        return as_dict(self)
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the iteration runs on the hardware, not what it computes: a checkpoint resumes
+    whatever these are, and the pipeline's checkpoint fingerprint leaves them out. Each
+    computes the same iteration up to floating-point rounding (bf16: the generator's
+    arithmetic in bfloat16; inference_batch_size: Langevin on larger batches, so the
+    learning steps within one inference batch see latents inferred before them), as
+    bench.cuda_checks and the tests check (README, Performance)."""
+
+    # Examples whose Langevin steps run at once (None: the learning batch_size); at least
+    # batch_size (check_batches).
+    inference_batch_size: Annotated[int, Ge(1)] | None = None
+    channels_last: bool = False  # NHWC memory order for the generator's 4-D activations
+    bf16: bool = False  # bfloat16 autocast of the generator (abp.fast)
+    compile: bool = False  # torch.compile of the generator
+    cuda_graphs: bool = False  # the Langevin loop replayed from CUDA graphs (CUDA only)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return as_dict(self)
+
+
+def check_batches(config: ABPConfig, execution: ExecutionConfig) -> None:
+    """The rule across the two: an inference batch holds whole learning batches."""
+    if (
+        execution.inference_batch_size is not None
+        and execution.inference_batch_size < config.batch_size
+    ):
+        raise ValueError(
+            f"inference_batch_size ({execution.inference_batch_size}) must be at "
+            f"least batch_size ({config.batch_size})"
+        )
 
 
 def default_device() -> torch.device:
@@ -97,8 +117,14 @@ class LatentBank:
         self.latents = latents
 
     @classmethod
-    def from_prior(cls, n_examples: int, latent_shape: Sequence[int], *,
-                   rng: torch.Generator, device: torch.device) -> "LatentBank":
+    def from_prior(
+        cls,
+        n_examples: int,
+        latent_shape: Sequence[int],
+        *,
+        rng: torch.Generator,
+        device: torch.device,
+    ) -> LatentBank:
         return cls(torch.randn((n_examples, *latent_shape), generator=rng, device=device))
 
     def __len__(self) -> int:
@@ -120,24 +146,40 @@ class ABPTrainer:
     Args:
         generator: the generator g(z; W); needs a `latent_shape` attribute (abp.models).
         data: observations y of every training example, example id = row index.
-        config: algorithm settings.
+        config: what the algorithm computes (σ, s, l, the optimizer, …).
+        execution: how the iteration runs (speed switches; defaults: all off).
         observation: the operator A for the whole data set (identity if None).
         device: defaults to CUDA when available, else CPU.
     """
 
-    def __init__(self, generator: nn.Module, data: torch.Tensor, config: ABPConfig, *,
-                 observation: Observation | None = None, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        generator: Generator,
+        data: torch.Tensor,
+        config: ABPConfig,
+        *,
+        execution: ExecutionConfig | None = None,
+        observation: Observation | None = None,
+        device: torch.device | str | None = None,
+    ):
         self.config = config
+        self.execution = execution = execution or ExecutionConfig()
+        check_batches(config, execution)
         self.device = torch.device(device) if device is not None else default_device()
         self.generator = generator.to(self.device)
         # What computes g(z): the generator itself, or it with speed-ups (same weights).
-        self.forward = fast_forward(self.generator, channels_last=config.channels_last,
-                                    bf16=config.bf16, compile=config.compile)
+        self.forward = fast_forward(
+            self.generator,
+            channels_last=execution.channels_last,
+            bf16=execution.bf16,
+            compile=execution.compile,
+        )
         self.data = data.to(self.device, torch.float32)
         self.observation = (observation or Identity()).to(self.device)
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
-        self.latent_bank = LatentBank.from_prior(len(self.data), generator.latent_shape,
-                                                 rng=self.rng, device=self.device)
+        self.latent_bank = LatentBank.from_prior(
+            len(self.data), generator.latent_shape, rng=self.rng, device=self.device
+        )
         self.optimizer = self._make_optimizer()
         self.langevin = self._make_langevin()
         self.epoch = 0
@@ -146,19 +188,24 @@ class ABPTrainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = self.generator.parameters()
         if self.config.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.config.learning_rate,
-                                    betas=self.config.adam_betas)
-        return torch.optim.SGD(params, lr=self.config.learning_rate,
-                               momentum=self.config.sgd_momentum)
+            return torch.optim.Adam(
+                params, lr=self.config.learning_rate, betas=self.config.adam_betas
+            )
+        return torch.optim.SGD(
+            params, lr=self.config.learning_rate, momentum=self.config.sgd_momentum
+        )
 
     def _make_langevin(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """What runs the Langevin steps for a batch of example ids: eagerly, or replayed
         from CUDA graphs of the very same code."""
-        if self.config.cuda_graphs and self.device.type == "cuda":
+        if self.execution.cuda_graphs and self.device.type == "cuda":
             return CUDAGraphed(self.langevin_on, self.rng)
-        if self.config.cuda_graphs:
-            warnings.warn(f"cuda_graphs is on but training runs on {self.device}: "
-                          "running the Langevin loop without CUDA graphs", stacklevel=3)
+        if self.execution.cuda_graphs:
+            warnings.warn(
+                f"cuda_graphs is on but training runs on {self.device}: "
+                "running the Langevin loop without CUDA graphs",
+                stacklevel=3,
+            )
         return lambda ids: self.langevin_on(ids, self.rng)
 
     def langevin_on(self, ids: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -166,12 +213,21 @@ class ABPTrainer:
         latents in the bank; returns the new latents (the bank is left as it is).
         Free of host syncs, so it can be captured into a CUDA graph."""
         cfg = self.config
-        return infer(self.forward, self.data[ids], self.latent_bank[ids], sigma=cfg.sigma,
-                     step_size=cfg.step_size, n_steps=cfg.langevin_steps, noise=cfg.noise,
-                     observation=self.observation.select(ids), rng=rng)
+        return infer(
+            self.forward,
+            self.data[ids],
+            self.latent_bank[ids],
+            sigma=cfg.sigma,
+            step_size=cfg.step_size,
+            n_steps=cfg.langevin_steps,
+            noise=cfg.noise,
+            observation=self.observation.select(ids),
+            rng=rng,
+        )
 
-    def learning_step(self, z: torch.Tensor, y: torch.Tensor,
-                      observation: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+    def learning_step(
+        self, z: torch.Tensor, y: torch.Tensor, observation: Observation
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on W for the energy at the inferred z (the batch mean of the
         per-example energies: a Monte Carlo estimate of the expected gradient).
         Returns the per-example energies and the residual, detached."""
@@ -200,7 +256,7 @@ class ABPTrainer:
         # The divergence watch, on the device too: the first batch whose latents (then
         # energies) are not finite, and the last finite batch energy before it.
         watch = DivergenceWatch(self.device)
-        batches = order.split(cfg.inference_batch_size or cfg.batch_size)
+        batches = order.split(self.execution.inference_batch_size or cfg.batch_size)
         for batch, ids in enumerate(batches):
             z = self.langevin(ids)
             watch.latents(batch, z)
@@ -221,22 +277,34 @@ class ABPTrainer:
             batch, cause, energy_before = divergence
             if energy_before is None and self.history:
                 energy_before = self.history[-1]["energy"]
-            raise diagnose_divergence(cfg, epoch=self.epoch + 1, batch=batch,
-                                      n_batches=len(batches), cause=cause,
-                                      energy_before=energy_before)
+            raise diagnose_divergence(
+                cfg,
+                epoch=self.epoch + 1,
+                batch=batch,
+                n_batches=len(batches),
+                cause=cause,
+                energy_before=energy_before,
+            )
         energy = float(total_energy) / len(self.data)
         lowest = min((h["energy"] for h in self.history), default=None)
         if lowest is not None and lowest > 0 and energy > ENERGY_RISE_LIMIT * lowest:
             raise diagnose_divergence(
-                cfg, epoch=self.epoch + 1, batch=len(batches) - 1, n_batches=len(batches),
-                cause="learning", energy_before=self.history[-1]["energy"],
+                cfg,
+                epoch=self.epoch + 1,
+                batch=len(batches) - 1,
+                n_batches=len(batches),
+                cause="learning",
+                energy_before=self.history[-1]["energy"],
                 what=f"the energy rose {energy / lowest:.3g}-fold above its lowest "
-                     f"({lowest:.4g} → {energy:.4g} per example)")
+                f"({lowest:.4g} → {energy:.4g} per example)",
+            )
         self.epoch += 1
-        stats = {"epoch": self.epoch,
-                 "energy": energy,
-                 "reconstruction_mse": float(squared_error / observed),
-                 "seconds": time.perf_counter() - started}
+        stats = {
+            "epoch": self.epoch,
+            "energy": energy,
+            "reconstruction_mse": float(squared_error / observed),
+            "seconds": time.perf_counter() - started,
+        }
         self.history.append(stats)
         return stats
 
@@ -264,7 +332,7 @@ class ABPTrainer:
             "history": list(self.history),
         }
 
-    def retune(self, **settings: float) -> None:
+    def retune(self, **settings: Any) -> None:
         """Change settings in place, e.g. the step size or learning rate a retry after
         divergence lowers; then load the last good state with load_state_dict(state,
         retuned=...). The Langevin loop is rebuilt (CUDA graphs hold the step size)."""
@@ -274,20 +342,28 @@ class ABPTrainer:
     def load_state_dict(self, state: dict[str, Any], *, retuned: Sequence[str] = ()) -> None:
         """Continue from `state`. Settings named in `retuned` may differ from the state's
         (a retry after divergence lowers the step size or learning rate); every other
-        setting must be the same, or it would not continue the same run."""
+        setting of ABPConfig must be the same, or it would not continue the same run (the
+        ExecutionConfig may differ: it changes how the iteration runs, not what it is)."""
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r} is not "
-                             f"{CHECKPOINT_FORMAT}")
-        allowed = {*EXECUTION_SWITCHES, *retuned}
-        changed = sorted(k for k, v in self.config.as_dict().items()
-                         if state["config"].get(k) != v and k not in allowed)
+            raise ValueError(
+                f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}"
+            )
+        changed = sorted(
+            k
+            for k, v in self.config.as_dict().items()
+            if state["config"].get(k) != v and k not in retuned
+        )
         if changed:
-            raise ValueError(f"the checkpoint was made with other settings ({', '.join(changed)}); "
-                             "resuming it would not continue the same run")
+            raise ValueError(
+                f"the checkpoint was made with other settings ({', '.join(changed)}); "
+                "resuming it would not continue the same run"
+            )
         bank = state["latent_bank"]
         if bank.shape != self.latent_bank.latents.shape:
-            raise ValueError(f"the checkpoint's latent bank has shape {tuple(bank.shape)}, but this "
-                             f"data set needs {tuple(self.latent_bank.latents.shape)}")
+            raise ValueError(
+                f"the checkpoint's latent bank has shape {tuple(bank.shape)}, but this "
+                f"data set needs {tuple(self.latent_bank.latents.shape)}"
+            )
         self.generator.load_state_dict(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # the state's rate, unless retuned
@@ -314,8 +390,9 @@ class ABPTrainer:
 class Checkpointer:
     """Epoch callback: save a checkpoint every `every` epochs (and never lose the last one)."""
 
-    def __init__(self, path: str | os.PathLike, every: int = 1,
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self, path: str | os.PathLike, every: int = 1, extra: dict[str, Any] | None = None
+    ):
         if every < 1:
             raise ValueError(f"every={every} must be ≥ 1")
         self.path, self.every, self.extra = Path(path), every, dict(extra or {})

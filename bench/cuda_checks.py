@@ -35,19 +35,20 @@ from abp.energy import energy
 from abp.fast import fast_forward
 from abp.models import ImageGenerator
 from abp.observe import Mask
-from abp.train import ABPConfig, ABPTrainer
+from abp.train import ABPConfig, ABPTrainer, ExecutionConfig
 
 # Tolerances for float differences (TF32 convolutions, another memory layout, fused kernels)
 # after 3 epochs; a real fault (other noise, a stale weight or mask) is far above them.
-WEIGHT_TOLERANCE = 0.01   # ‖ΔW‖ as a fraction of ‖W − W₀‖, how far training moved them
-LATENT_TOLERANCE = 1e-3   # mean |Δz| (latents are of order 1)
+WEIGHT_TOLERANCE = 0.01  # ‖ΔW‖ as a fraction of ‖W − W₀‖, how far training moved them
+LATENT_TOLERANCE = 1e-3  # mean |Δz| (latents are of order 1)
 BF16_RELATIVE = 0.02
-FLOOR_FACTOR = 2          # how many rounding floors a switch may differ by
-PERTURBATION = 2.0 ** -23  # one float32 ulp: the relative change that measures the floor
+FLOOR_FACTOR = 2  # how many rounding floors a switch may differ by
+PERTURBATION = 2.0**-23  # one float32 ulp: the relative change that measures the floor
 
 
-def train(device: torch.device, epochs: int = 3, perturb: bool = False,
-          **switches: Any) -> tuple[ABPTrainer, list[torch.Tensor]]:
+def train(
+    device: torch.device, epochs: int = 3, perturb: bool = False, **switches: Any
+) -> tuple[ABPTrainer, list[torch.Tensor]]:
     """A small occluded-image training whose epoch has two batch sizes (8, 8, 4). The
     Langevin step is half the usual one: at s = 0.1 this generator's chains are unstable
     enough to blow rounding differences up to 1e-2 within three epochs, which would hide
@@ -63,10 +64,26 @@ def train(device: torch.device, epochs: int = 3, perturb: bool = False,
             for weight in generator.parameters():
                 flips = torch.randint(0, 2, weight.shape, generator=signs) * 2 - 1
                 weight.mul_(1 + PERTURBATION * flips)
-    settings = {"sigma": 0.3, "step_size": 0.05, "langevin_steps": 10, "batch_size": 8,
-                "seed": 0, "learning_rate": 3e-3}
-    config = ABPConfig(**{**settings, **switches})
-    trainer = ABPTrainer(generator, data, config, observation=mask, device=device)
+    settings: dict[str, Any] = {
+        "sigma": 0.3,
+        "step_size": 0.05,
+        "langevin_steps": 10,
+        "batch_size": 8,
+        "seed": 0,
+        "learning_rate": 3e-3,
+    }
+    # A switch is an ExecutionConfig field; anything else changes the algorithm's settings
+    # (what a check must catch: tests/bench/test_cuda_checks.py).
+    execution = {k: v for k, v in switches.items() if k in ExecutionConfig.__dataclass_fields__}
+    settings.update({k: v for k, v in switches.items() if k not in execution})
+    trainer = ABPTrainer(
+        generator,
+        data,
+        ABPConfig(**settings),
+        execution=ExecutionConfig(**execution),
+        observation=mask,
+        device=device,
+    )
     initial_weights = [p.detach().clone() for p in trainer.generator.parameters()]
     trainer.fit(epochs)
     return trainer, initial_weights
@@ -76,8 +93,9 @@ def norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.stack([t.double().pow(2).sum() for t in tensors]).sum().sqrt())
 
 
-def difference(reference: ABPTrainer, initial_weights: list[torch.Tensor],
-               other: ABPTrainer) -> tuple[float, float]:
+def difference(
+    reference: ABPTrainer, initial_weights: list[torch.Tensor], other: ABPTrainer
+) -> tuple[float, float]:
     """How far `other` ended from `reference`: the weights' difference as a fraction of how
     far training moved them, and the mean absolute latent difference."""
     with torch.no_grad():
@@ -96,8 +114,9 @@ def rounding_floor(device: torch.device, baseline: dict[str, bool]) -> tuple[flo
     return difference(reference, initial_weights, perturbed)
 
 
-def check_switch(device: torch.device, switches: dict[str, bool],
-                 baseline: dict[str, bool]) -> tuple[bool, str]:
+def check_switch(
+    device: torch.device, switches: dict[str, bool], baseline: dict[str, bool]
+) -> tuple[bool, str]:
     """Training with `switches` on top of `baseline` against training with `baseline`,
     within the fixed tolerances or FLOOR_FACTOR rounding floors, whichever is larger."""
     reference, initial_weights = train(device, **baseline)
@@ -108,10 +127,12 @@ def check_switch(device: torch.device, switches: dict[str, bool],
     latent_tolerance = max(LATENT_TOLERANCE, FLOOR_FACTOR * floor_latents)
     same_rng = torch.equal(reference.rng.get_state(), fast.rng.get_state())
     passed = weights < weight_tolerance and latents < latent_tolerance and same_rng
-    return passed, (f"‖ΔW‖ {weights:.1e} of the weights' movement (< {weight_tolerance:.1e}; "
-                    f"rounding floor {floor_weights:.1e}), mean |Δz| {latents:.1e} "
-                    f"(< {latent_tolerance:.1e}; floor {floor_latents:.1e}), "
-                    f"same generator state: {same_rng}")
+    return passed, (
+        f"‖ΔW‖ {weights:.1e} of the weights' movement (< {weight_tolerance:.1e}; "
+        f"rounding floor {floor_weights:.1e}), mean |Δz| {latents:.1e} "
+        f"(< {latent_tolerance:.1e}; floor {floor_latents:.1e}), "
+        f"same generator state: {same_rng}"
+    )
 
 
 def check_eager_repeats(device: torch.device) -> tuple[bool, str]:
@@ -141,7 +162,10 @@ def check_bf16(device: torch.device) -> tuple[bool, str]:
     exact = energy(generator, z, y, sigma=0.3)
     approximate = energy(fast_forward(generator, bf16=True), z, y, sigma=0.3)
     relative = float(((approximate - exact).abs() / exact).max())
-    return relative < BF16_RELATIVE, f"max relative energy error {relative:.2%} (< {BF16_RELATIVE:.0%})"
+    return (
+        relative < BF16_RELATIVE,
+        f"max relative energy error {relative:.2%} (< {BF16_RELATIVE:.0%})",
+    )
 
 
 def report(name: str, result: tuple[bool, str]) -> None:
@@ -151,8 +175,12 @@ def report(name: str, result: tuple[bool, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="check torch.compile too (default: on CUDA only)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check torch.compile too (default: on CUDA only)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -162,13 +190,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # (name, switches, baseline they are compared with); the CUDA-graph checks come last,
     # so that a failed capture cannot spoil the checks after it.
-    checks = [("channels_last", {"channels_last": True}, {})]
+    checks: list[tuple[str, dict[str, bool], dict[str, bool]]] = [
+        ("channels_last", {"channels_last": True}, {})
+    ]
     if args.compile if args.compile is not None else on_cuda:
         checks.append(("compile", {"compile": True}, {}))
     if on_cuda:
-        checks += [("cuda_graphs", {"cuda_graphs": True}, {}),
-                   ("cuda_graphs+bf16+channels_last (the benchmark's)", {"cuda_graphs": True},
-                    {"bf16": True, "channels_last": True})]
+        checks += [
+            ("cuda_graphs", {"cuda_graphs": True}, {}),
+            (
+                "cuda_graphs+bf16+channels_last (the benchmark's)",
+                {"cuda_graphs": True},
+                {"bf16": True, "channels_last": True},
+            ),
+        ]
         if args.compile is not False:
             checks.append(("cuda_graphs+compile", {"cuda_graphs": True}, {"compile": True}))
     results = {"eager repeats": check_eager_repeats(device), "bf16": check_bf16(device)}
@@ -177,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, switches, baseline in checks:
         try:
             results[name] = check_switch(device, switches, baseline)
-        except Exception:  # report and go on: one run should tell about every switch
+        except Exception:  # noqa: BLE001 - report and go on: one run should tell about every switch
             results[name] = (False, "\n" + traceback.format_exc())
         report(name, results[name])
     if not on_cuda:

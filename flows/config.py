@@ -6,17 +6,27 @@ otherwise), the key and what is wrong, one line per problem, and is raised befor
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from abp.evaluate import EvaluationConfig
 from abp.sources.bundled import BUNDLED_FILES, BUNDLED_IMAGES
+from abp.train import ABPConfig, ExecutionConfig, check_batches
+from flows.paths import PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
 BUNDLED = "bundled:"
 
 
@@ -38,6 +48,49 @@ def _admits(annotation: Any, kinds: tuple[type, ...]) -> bool:
     return any(_admits(arg, kinds) for arg in get_args(annotation))
 
 
+def _field_types(cls: type) -> dict[str, Any]:
+    """A model's or a dataclass's field annotations (abp's settings are dataclasses)."""
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {name: field.annotation for name, field in cls.model_fields.items()}
+    if dataclasses.is_dataclass(cls):
+        return get_type_hints(cls, include_extras=True)
+    return {}
+
+
+def _bools_for_numbers(data: Any, types: dict[str, Any], loc: tuple[str, ...]) -> list:
+    """A `true` or `false` given for a number, anywhere in these settings (into abp's
+    dataclasses too, which pydantic validates with this model's config but not its
+    validators)."""
+    refused = []
+    for key, value in data.items() if isinstance(data, dict) else ():
+        annotation = types.get(key)
+        if annotation is None:
+            continue
+        if (
+            isinstance(value, bool)
+            and _admits(annotation, (int, float))
+            and not _admits(annotation, (bool,))
+        ):
+            refused.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        BOOL_FOR_NUMBER,
+                        "expected a number, got {value}",
+                        {"value": str(value).lower()},
+                    ),
+                    loc=(*loc, key),
+                    input=value,
+                )
+            )
+        elif (
+            isinstance(value, dict)
+            and isinstance(annotation, type)
+            and dataclasses.is_dataclass(annotation)
+        ):
+            refused += _bools_for_numbers(value, _field_types(annotation), (*loc, key))
+    return refused
+
+
 class Strict(BaseModel):
     # Unknown keys are typos: reject them instead of silently ignoring a setting. No inf or
     # nan: YAML's .inf and .nan would pass every bound (sigma: .inf > 0) and poison training.
@@ -50,13 +103,7 @@ class Strict(BaseModel):
         # train one epoch); a field declared bool keeps its bools. A model validator rather
         # than a field validator for "*": pydantic allows no field validator on the `kind`
         # tags of the discriminated unions.
-        refused = [InitErrorDetails(type=PydanticCustomError(
-                       BOOL_FOR_NUMBER, "expected a number, got {value}",
-                       {"value": str(value).lower()}), loc=(key,), input=value)
-                   for key, value in (data.items() if isinstance(data, dict) else ())
-                   if isinstance(value, bool) and key in cls.model_fields
-                   and _admits(cls.model_fields[key].annotation, (int, float))
-                   and not _admits(cls.model_fields[key].annotation, (bool,))]
+        refused = _bools_for_numbers(data, _field_types(cls), ())
         if not refused:
             return handler(data)
         try:  # report the other problems too, one line each
@@ -64,19 +111,27 @@ class Strict(BaseModel):
             others = []
         except ValidationError as error:
             keys = {r["loc"] for r in refused}
-            others = [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]),
-                                       loc=e["loc"], input=e.get("input"))
-                      for e in error.errors() if e["loc"][:1] not in keys]
+            others = [
+                InitErrorDetails(
+                    type=PydanticCustomError(e["type"], e["msg"]),
+                    loc=e["loc"],
+                    input=e.get("input"),
+                )
+                for e in error.errors()
+                if e["loc"] not in keys and e["loc"][:1] not in keys
+            ]
         raise ValidationError.from_exception_data(cls.__name__, refused + others)
 
 
 def _check_source(source: str, allowed: tuple[str, ...], what: str) -> str:
     if source.startswith(BUNDLED):
-        name = source[len(BUNDLED):]
+        name = source[len(BUNDLED) :]
         if name not in allowed:
-            raise ValueError(f"unknown bundled source {name!r} for {what}; choose one of "
-                             + ", ".join(BUNDLED + a for a in allowed)
-                             + ", or give a path to your own files")
+            raise ValueError(
+                f"unknown bundled source {name!r} for {what}; choose one of "
+                + ", ".join(BUNDLED + a for a in allowed)
+                + ", or give a path to your own files"
+            )
     return source
 
 
@@ -88,6 +143,7 @@ class SplitSettings(Strict):
 
 class ImageDataset(SplitSettings):
     """A folder of images (recursively), or a bundled image set."""
+
     kind: Literal["images"]
     source: str
     image_size: int = Field(ge=4, le=1024)
@@ -103,6 +159,7 @@ class ImageDataset(SplitSettings):
 
 class VideoDataset(SplitSettings):
     """One video file or a folder of them, as clips of clip_frames frames (1: single frames)."""
+
     kind: Literal["video"]
     source: str
     image_size: int = Field(ge=4, le=1024)
@@ -125,6 +182,7 @@ class VideoDataset(SplitSettings):
 
 class AudioDataset(SplitSettings):
     """A folder of audio files (or one file), averaged to mono, resampled, cut into clips."""
+
     kind: Literal["audio"]
     source: str
     sample_rate: int = Field(ge=100)
@@ -144,19 +202,26 @@ class AudioDataset(SplitSettings):
 
 class OcclusionVariant(Strict):
     """Occluded copies: the model will see only the observed entries."""
+
     kind: Literal["occlusion"]
     base: str
-    pattern: Literal["salt_pepper", "square", "missing_frames", "frame_occlusion",
-                     "missing_segments"]
+    pattern: Literal[
+        "salt_pepper", "square", "missing_frames", "frame_occlusion", "missing_segments"
+    ]
     hidden_fraction: float | None = Field(None, gt=0, lt=1)
     block: int | None = Field(None, ge=1)
     side: int | None = Field(None, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _settings(self) -> "OcclusionVariant":
-        needed = ("side",) if self.pattern == "square" else \
-            ("hidden_fraction",) if self.pattern == "missing_frames" else ("hidden_fraction", "block")
+    def _settings(self) -> OcclusionVariant:
+        needed = (
+            ("side",)
+            if self.pattern == "square"
+            else ("hidden_fraction",)
+            if self.pattern == "missing_frames"
+            else ("hidden_fraction", "block")
+        )
         missing = [k for k in needed if getattr(self, k) is None]
         if missing:
             raise ValueError(f"pattern {self.pattern!r} needs {' and '.join(missing)}")
@@ -165,6 +230,7 @@ class OcclusionVariant(Strict):
 
 class CompressedVariant(Strict):
     """Compressed measurements y = A·x: the model will see only y."""
+
     kind: Literal["compressed"]
     base: str
     operator: Literal["gaussian", "local_average"]
@@ -173,7 +239,7 @@ class CompressedVariant(Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _settings(self) -> "CompressedVariant":
+    def _settings(self) -> CompressedVariant:
         if self.operator == "gaussian" and self.ratio is None:
             raise ValueError("operator 'gaussian' needs ratio (measurements per entry)")
         if self.operator == "local_average" and self.block is None:
@@ -183,6 +249,7 @@ class CompressedVariant(Strict):
 
 class SubsampleVariant(Strict):
     """Fewer training examples, every k-th frame, or every k-th sample."""
+
     kind: Literal["subsample"]
     base: str
     keep_fraction: float = Field(1.0, gt=0, le=1)
@@ -191,10 +258,10 @@ class SubsampleVariant(Strict):
     seed: int = 0
 
 
-DatasetConfig = Annotated[Union[ImageDataset, VideoDataset, AudioDataset],
-                          Field(discriminator="kind")]
-VariantConfig = Annotated[Union[OcclusionVariant, CompressedVariant, SubsampleVariant],
-                          Field(discriminator="kind")]
+DatasetConfig = Annotated[ImageDataset | VideoDataset | AudioDataset, Field(discriminator="kind")]
+VariantConfig = Annotated[
+    OcclusionVariant | CompressedVariant | SubsampleVariant, Field(discriminator="kind")
+]
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -221,11 +288,26 @@ def _validate(adapter: TypeAdapter, raw: Any, key: str, path: Path):
             if loc and isinstance(raw, dict) and loc[0] == str(raw.get("kind")):
                 loc = loc[1:]
             where = ".".join([key, *loc])
-            shown = ("input" in e and not isinstance(e["input"], dict)
-                     and e["type"] != BOOL_FOR_NUMBER)  # that message shows the value
+            shown = (
+                "input" in e and not isinstance(e["input"], dict) and e["type"] != BOOL_FOR_NUMBER
+            )  # that message shows the value
             got = f" (got {e['input']!r})" if shown else ""
-            problems.append(f"{path}: {where}: {e['msg']}{got}")
+            problems.append(f"{path}: {where}: {e['msg']}{got}{_moved(loc, e['type'], key)}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def _moved(loc: list[str], error_type: str, key: str) -> str:
+    """Where a speed switch went: params files from before abp and execution were apart
+    have them under abp."""
+    execution = {f.name for f in dataclasses.fields(ExecutionConfig)}
+    if (
+        error_type == "unexpected_keyword_argument"
+        and loc[:1] == ["abp"]
+        and loc[1:]
+        and loc[1] in execution
+    ):
+        return f": how the iteration runs is now under {key}.execution"
+    return ""
 
 
 _DATASET = TypeAdapter(DatasetConfig)
@@ -245,7 +327,9 @@ def _section(params: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
 DATASET_GROUPS = ("bundled", "datasets")
 
 
-def dataset_settings(params: dict[str, Any], path: Path = PARAMS_FILE) -> dict[str, tuple[str, Any]]:
+def dataset_settings(
+    params: dict[str, Any], path: Path = PARAMS_FILE
+) -> dict[str, tuple[str, Any]]:
     """Every data set of both groups: name → (the params key it is under, its settings).
     Names are unique across the groups and the variants."""
     found: dict[str, tuple[str, Any]] = {}
@@ -254,8 +338,9 @@ def dataset_settings(params: dict[str, Any], path: Path = PARAMS_FILE) -> dict[s
         for name, settings in _section(params, group, path).items():
             if name in found or name in variants:
                 other = found[name][0].split(".")[0] if name in found else "variants"
-                raise ConfigError(f"{path}: {name} is both in {other} and in {group}; names "
-                                  "must be unique")
+                raise ConfigError(
+                    f"{path}: {name} is both in {other} and in {group}; names must be unique"
+                )
             found[name] = (f"{group}.{name}", settings)
     return found
 
@@ -268,71 +353,35 @@ def dataset_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE):
         cfg = _validate(_DATASET, settings, key, path)
         bundled_source = cfg.source.startswith(BUNDLED)
         if key.startswith("bundled.") and not bundled_source:
-            raise ConfigError(f"{path}: {key}.source: {cfg.source!r} is a path: move {name} "
-                              "under datasets:, whose stages depend on the files they read")
+            raise ConfigError(
+                f"{path}: {key}.source: {cfg.source!r} is a path: move {name} "
+                "under datasets:, whose stages depend on the files they read"
+            )
         if key.startswith("datasets.") and bundled_source:
-            raise ConfigError(f"{path}: {key}.source: {cfg.source!r} ships inside a package: "
-                              f"move {name} under bundled: (a datasets: stage depends on its "
-                              "source path, which a bundled source is not)")
+            raise ConfigError(
+                f"{path}: {key}.source: {cfg.source!r} ships inside a package: "
+                f"move {name} under bundled: (a datasets: stage depends on its "
+                "source path, which a bundled source is not)"
+            )
         return cfg
     if name in variants:
         variant = _validate(_VARIANT, variants[name], f"variants.{name}", path)
         if variant.base not in datasets:
-            raise ConfigError(f"{path}: variants.{name}.base: {variant.base!r} is not a data "
-                              f"set under bundled or datasets (have: "
-                              f"{', '.join(datasets) or 'none'})")
+            raise ConfigError(
+                f"{path}: variants.{name}.base: {variant.base!r} is not a data "
+                f"set under bundled or datasets (have: "
+                f"{', '.join(datasets) or 'none'})"
+            )
         return variant
-    raise ConfigError(f"{path}: no data set or variant named {name!r} (bundled and datasets: "
-                      f"{', '.join(datasets) or 'none'}; variants: {', '.join(variants) or 'none'})")
-
-
-class AbpSettings(Strict):
-    """The algorithm's knobs (abp.train.ABPConfig)."""
-    sigma: float = Field(0.3, gt=0)
-    step_size: float = Field(0.1, gt=0)
-    langevin_steps: int = Field(10, ge=0)
-    noise: bool = True
-    optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = Field(3e-4, gt=0)
-    batch_size: int = Field(64, ge=1)
-    seed: int = 0
-    # Speed switches (see abp/fast.py, abp/graphs.py and bench/): off by default, meant for
-    # CUDA (cuda_graphs is ignored, with a warning, when training runs on the CPU).
-    inference_batch_size: int | None = Field(None, ge=1)
-    channels_last: bool = False
-    bf16: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
-
-    @model_validator(mode="after")
-    def _batches(self) -> "AbpSettings":
-        if self.inference_batch_size is not None and self.inference_batch_size < self.batch_size:
-            raise ValueError("inference_batch_size must be at least batch_size")
-        return self
-
-
-class EvaluationSettings(Strict):
-    """How python -m flows.evaluate scores a trained generator (params file:
-    experiments.<name>.evaluation). Changing them reruns the evaluation alone, never the
-    training. The weights stay fixed; every latent, of a training example (from its latent
-    bank entry) or of a test example (from `init`), is the most probable one: gradient
-    descent on the energy, each example stopping on its own once its lowest energy falls by
-    less than 0.01 % over 10 steps (abp.evaluate.most_probable_latents)."""
-    n_steps: int = Field(300, ge=1, description=(
-        "the most gradient steps any one latent takes; a latent still descending then stops "
-        "there (the log counts how many used them all)"))
-    step_size: float | None = Field(None, gt=0, description=(
-        "s of the descent z ← z − (s²/2)·∂E/∂z; default (null): abp.step_size, as in training"))
-    init: Literal["zeros", "prior"] = Field("zeros", description=(
-        "where a test example's descent starts: z = 0 (the prior's mode) or a draw from the "
-        "prior N(0, I) (seeded, so reruns agree)"))
-    n_samples: int = Field(16, ge=1, description=(
-        "signals generated from prior draws for the samples figure and media (a fixed seed, "
-        "so evaluations compare)"))
+    raise ConfigError(
+        f"{path}: no data set or variant named {name!r} (bundled and datasets: "
+        f"{', '.join(datasets) or 'none'}; variants: {', '.join(variants) or 'none'})"
+    )
 
 
 class TrainingSettings(Strict):
     """The training loop around the algorithm."""
+
     epochs: int = Field(ge=1)
     init_seed: int = 0  # seeds the generator's initial weights
     checkpoint_every: int = Field(5, ge=1)
@@ -344,41 +393,69 @@ class TrainingSettings(Strict):
 
 class ExperimentConfig(Strict):
     """One training run: a prepared data set (or variant), a generator, ABP settings.
-    All but `evaluation` are required, so that the DVC train stage can list them as its
-    params (evaluation settings rerun the evaluation alone)."""
+
+    `abp`, `execution` and `evaluation` are abp's own settings classes (abp.train.ABPConfig,
+    abp.train.ExecutionConfig, abp.evaluate.EvaluationConfig): their fields, defaults and
+    bounds are defined there, once, and checked here with this file's rules (unknown keys,
+    inf/nan and `true` for a number refused). `dataset`, `generator`, `abp` and `training`
+    are required, so that the DVC train stage can list them as its params; `evaluation`
+    settings rerun the evaluation alone, and `execution` (how fast, not what) reruns
+    nothing."""
+
     dataset: str
     generator: dict[str, Any]
-    abp: AbpSettings
+    abp: ABPConfig
     training: TrainingSettings
-    evaluation: EvaluationSettings = EvaluationSettings()
+    execution: ExecutionConfig = ExecutionConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _batches(self) -> ExperimentConfig:
+        try:
+            check_batches(self.abp, self.execution)
+        except ValueError as error:
+            raise PydanticCustomError(
+                "batches",
+                "{where}: {reason}",
+                {"where": "execution.inference_batch_size", "reason": str(error)},
+            ) from None
+        return self
 
 
 _EXPERIMENT = TypeAdapter(ExperimentConfig)
 
 
-def experiment_config(name: str, params: dict[str, Any], path: Path = PARAMS_FILE) -> ExperimentConfig:
+def experiment_config(
+    name: str, params: dict[str, Any], path: Path = PARAMS_FILE
+) -> ExperimentConfig:
     """The validated settings of the experiment `name` (params file: experiments.<name>)."""
     experiments = _section(params, "experiments", path)
     if name not in experiments:
-        raise ConfigError(f"{path}: no experiment named {name!r} under experiments "
-                          f"(have: {', '.join(experiments) or 'none'})")
+        raise ConfigError(
+            f"{path}: no experiment named {name!r} under experiments "
+            f"(have: {', '.join(experiments) or 'none'})"
+        )
     cfg = _validate(_EXPERIMENT, experiments[name], f"experiments.{name}", path)
     known = {*dataset_settings(params, path), *_section(params, "variants", path)}
     if cfg.dataset not in known:
-        raise ConfigError(f"{path}: experiments.{name}.dataset: {cfg.dataset!r} is not a data "
-                          f"set or variant (have: {', '.join(sorted(known)) or 'none'})")
+        raise ConfigError(
+            f"{path}: experiments.{name}.dataset: {cfg.dataset!r} is not a data "
+            f"set or variant (have: {', '.join(sorted(known)) or 'none'})"
+        )
     return cfg
 
 
 class ScheduleConfig(Strict):
     """When the served deployment retrains (params file: schedule)."""
+
     cron: str
     timezone: str = "UTC"
     targets: list[str] = []
 
     @model_validator(mode="after")
-    def _cron(self) -> "ScheduleConfig":
+    def _cron(self) -> ScheduleConfig:
         from prefect.client.schemas.schedules import CronSchedule  # Prefect's own checks
+
         try:
             CronSchedule(cron=self.cron, timezone=self.timezone)
         except ValidationError as error:

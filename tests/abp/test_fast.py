@@ -6,7 +6,7 @@ import torch
 from abp.energy import energy
 from abp.fast import FastForward, fast_forward
 from abp.models import ImageGenerator
-from abp.train import ABPConfig, ABPTrainer
+from abp.train import ABPConfig, ABPTrainer, ExecutionConfig
 
 
 def small_generator() -> ImageGenerator:
@@ -37,8 +37,13 @@ def test_channels_last_and_larger_inference_batches_train_like_the_plain_path():
     data = torch.rand(24, 3, 16, 16) * 2 - 1
     settings = dict(sigma=0.3, step_size=0.1, langevin_steps=3, batch_size=8, seed=1)
     plain = ABPTrainer(small_generator(), data, ABPConfig(**settings), device="cpu")
-    fast = ABPTrainer(small_generator(), data, ABPConfig(**settings, channels_last=True),
-                      device="cpu")
+    fast = ABPTrainer(
+        small_generator(),
+        data,
+        ABPConfig(**settings),
+        execution=ExecutionConfig(channels_last=True),
+        device="cpu",
+    )
     plain.fit(2)
     fast.fit(2)
     for a, b in zip(plain.generator.parameters(), fast.generator.parameters()):
@@ -46,10 +51,18 @@ def test_channels_last_and_larger_inference_batches_train_like_the_plain_path():
 
     # One inference batch of 24 with three learning steps of 8: every example still gets
     # l Langevin steps and one learning step per epoch, and training still improves.
-    big = ABPTrainer(small_generator(), data, ABPConfig(**settings, inference_batch_size=24),
-                     device="cpu")
+    big = ABPTrainer(
+        small_generator(),
+        data,
+        ABPConfig(**settings),
+        execution=ExecutionConfig(inference_batch_size=24),
+        device="cpu",
+    )
     history = big.fit(4)
     assert history[-1]["reconstruction_mse"] < history[0]["reconstruction_mse"]
-    assert not torch.allclose(big.latent_bank.latents,
-                              ABPTrainer(small_generator(), data, ABPConfig(**settings),
-                                         device="cpu").latent_bank.latents)
+    assert not torch.allclose(
+        big.latent_bank.latents,
+        ABPTrainer(
+            small_generator(), data, ABPConfig(**settings), device="cpu"
+        ).latent_bank.latents,
+    )

@@ -21,8 +21,13 @@ from flows.train import main as train_main
 EXPERIMENT = {
     "dataset": "pics_P50",
     "generator": {"kind": "image", "latent_dim": 4, "widths": [16, 8]},
-    "abp": {"sigma": 0.3, "step_size": 0.1, "langevin_steps": 3, "learning_rate": 0.003,
-            "batch_size": 8},
+    "abp": {
+        "sigma": 0.3,
+        "step_size": 0.1,
+        "langevin_steps": 3,
+        "learning_rate": 0.003,
+        "batch_size": 8,
+    },
     "training": {"epochs": 3, "checkpoint_every": 1, "media_every": 2},
     "evaluation": {"n_steps": 20, "n_samples": 4},
 }
@@ -38,10 +43,18 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     write_images(tmp_path / "raw", 24, size=(16, 16), mode="L")
     params = {
-        "datasets": {"pics": {"kind": "images", "source": "raw", "image_size": 16,
-                              "test_fraction": 0.25}},
-        "variants": {"pics_P50": {"kind": "occlusion", "base": "pics", "pattern": "salt_pepper",
-                                  "hidden_fraction": 0.5, "block": 3}},
+        "datasets": {
+            "pics": {"kind": "images", "source": "raw", "image_size": 16, "test_fraction": 0.25}
+        },
+        "variants": {
+            "pics_P50": {
+                "kind": "occlusion",
+                "base": "pics",
+                "pattern": "salt_pepper",
+                "hidden_fraction": 0.5,
+                "block": 3,
+            }
+        },
         "experiments": {"tiny": EXPERIMENT},
     }
     Path("params.yaml").write_text(yaml.safe_dump(params))
@@ -49,18 +62,23 @@ def workspace(tmp_path, monkeypatch):
     return tmp_path
 
 
-def set_epochs(epochs: int, **abp_switches: bool) -> None:
+def set_epochs(epochs: int, **execution: bool) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["experiments"]["tiny"]["training"]["epochs"] = epochs
-    params["experiments"]["tiny"]["abp"].update(abp_switches)
+    params["experiments"]["tiny"].setdefault("execution", {}).update(execution)
     Path("params.yaml").write_text(yaml.safe_dump(params))
 
 
 def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert train_main(["tiny"]) == 0
     models = workspace / "models" / "tiny"
-    assert {p.name for p in models.iterdir()} >= {"generator.pt", "latent_bank.pt", "history.json",
-                                                  "mlflow_run.json", "checkpoints"}
+    assert {p.name for p in models.iterdir()} >= {
+        "generator.pt",
+        "latent_bank.pt",
+        "history.json",
+        "mlflow_run.json",
+        "checkpoints",
+    }
     assert torch.load(models / "latent_bank.pt", weights_only=True).shape == (18, 4)
     assert [h["epoch"] for h in json.loads((models / "history.json").read_text())] == [1, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
@@ -71,22 +89,32 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     # The metrics live apart from the figures, in a folder committed with git.
     metrics = json.loads((workspace / "metrics" / "experiments" / "tiny.json").read_text())
     errors = {"train_mae", "train_hidden_mae", "heldout_mae", "heldout_hidden_mae"}
-    assert set(metrics) == (errors | {f"pca_{k}" for k in errors} | {f"trivial_{k}" for k in errors}
-                            | {"pca_components", "latent_size", "train_examples"})
+    assert set(metrics) == (
+        errors
+        | {f"pca_{k}" for k in errors}
+        | {f"trivial_{k}" for k in errors}
+        | {"pca_components", "latent_size", "train_examples"}
+    )
     assert metrics["pca_components"] == metrics["latent_size"] == 4  # PCA with the same d
     assert metrics["train_examples"] == 18
     assert 0 < metrics["trivial_heldout_hidden_mae"] < 0.5  # random pixels: no method wins
     report = workspace / "reports" / "experiments" / "tiny"
     assert not (report / "metrics.json").exists()
     assert {p.name for p in (report / "figures").iterdir()} == {
-        "samples.png", "truth.png", "reconstructions.png", "training.png"}
+        "samples.png",
+        "truth.png",
+        "reconstructions.png",
+        "training.png",
+    }
     index = json.loads((report / "media" / "index.json").read_text())  # never an empty folder
     assert index["media"] == [] and "no sound or video" in index["note"]
     assert {f["file"] for f in index["figures"]} == {
-        f"../figures/{name}" for name in
-        ("samples.png", "truth.png", "reconstructions.png", "training.png")}
+        f"../figures/{name}"
+        for name in ("samples.png", "truth.png", "reconstructions.png", "training.png")
+    }
     assert "truth, observed, ABP, PCA d=4" in next(
-        f["shows"] for f in index["figures"] if f["file"].endswith("reconstructions.png"))
+        f["shows"] for f in index["figures"] if f["file"].endswith("reconstructions.png")
+    )
 
     run_info = json.loads((models / "mlflow_run.json").read_text())
     run = client.get_run(run_info["mlflow_run_id"])
@@ -110,8 +138,15 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"latents", "history.json", "evaluation", "images"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert evaluation == {f"evaluation/{name}" for name in  # no media folder for images
-                          ("samples.png", "truth.png", "reconstructions.png", "training.png")}
+    assert evaluation == {
+        f"evaluation/{name}"
+        for name in (  # no media folder for images
+            "samples.png",
+            "truth.png",
+            "reconstructions.png",
+            "training.png",
+        )
+    }
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
     assert any("samples+step+0+" in p for p in images)  # before training: the chart's start
     assert any("samples+step+2+" in p for p in images)  # the sample grid at epoch 2
@@ -127,12 +162,15 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     with get_client(sync_client=True) as prefect:
         names = {r.name for r in prefect.read_flow_runs()}
         assert {"train tiny", "evaluate tiny"} <= names
-        url = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
-               f"{run.info.run_id}")
+        url = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         link = f"[{run.info.run_id}]({url}) (open `mlflow ui` first)"
         for key in ("train-tiny", "evaluate-tiny"):
-            assert link in prefect.read_latest_artifacts(
-                artifact_filter=ArtifactCollectionFilter(key={"any_": [key]}))[0].data
+            assert (
+                link
+                in prefect.read_latest_artifacts(
+                    artifact_filter=ArtifactCollectionFilter(key={"any_": [key]})
+                )[0].data
+            )
 
 
 def test_more_epochs_resume_the_checkpoint_into_the_same_run(workspace):
@@ -175,6 +213,8 @@ def test_bad_generator_settings_fail_before_any_work(workspace, capsys):
     params["experiments"]["tiny"]["generator"]["image_size"] = 8
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert train_main(["tiny"]) == 2
-    assert ("experiments.tiny.generator: the generator makes signals of shape [1, 8, 8], "
-            "but pics_P50 holds [1, 16, 16]") in capsys.readouterr().err
+    assert (
+        "experiments.tiny.generator: the generator makes signals of shape [1, 8, 8], "
+        "but pics_P50 holds [1, 16, 16]"
+    ) in capsys.readouterr().err
     assert not (workspace / "models").exists() and not (workspace / "mlflow.db").exists()
