@@ -1,11 +1,10 @@
-"""What evaluation computes: error measures, the most probable latents of a trained
-generator, and the two baselines every experiment is scored against.
+"""How a trained generator is scored, exactly as the pipeline scores it (`score` runs the
+whole protocol): the most probable latents of a trained generator, the error measures, and
+the two baselines of abp.baselines beside ABP.
 
-- PCA with d components, d = the generator's latent size where the training data allow it
-  (the paper's baseline); learned from complete data, or from occluded or compressed data by
-  iterative imputation (missing-data PCA), exactly the data ABP learned from.
-- The trivial baseline, a PCA with no components: the training mean signal (learned from the
-  observations in the same way), or a fixed signal such as silence for sound.
+    train, test = Split.read(folder, "train"), Split.read(folder, "test")
+    scores = score(generator, train, test, latent_bank=bank, config=ABPConfig(...))
+    scores.metrics["heldout_mae"], scores.metrics["pca_heldout_mae"]
 
 Signals are in [−1, 1] (prepared data); errors are reported on the [0, 1] intensity scale,
 as in the paper's tables (multiply by 255 for 8-bit levels).
@@ -15,23 +14,88 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Gt
 
+from abp import datasets
+from abp.baselines import PCA, linear_baseline, pca_size
 from abp.energy import energy
 from abp.langevin import frozen_weights
-from abp.observe import Identity, Observation
-
-# A split as evaluation sees it: its tensors ("x", and "mask" for occluded data), the
-# observations y a model may use, and the operator A with y = A(x).
-Split = tuple[dict[str, torch.Tensor], torch.Tensor, Observation]
-# Rounds of the trivial baseline's imputation: each shrinks the error of the observed mean by
-# the hidden fraction (0.9 for P90), so 50 rounds, enough for PCA, would leave 0.5 % of it.
-MEAN_ROUNDS = 300
+from abp.observe import Identity, Mask, Observation
+from abp.settings import check_fields
+from abp.train import ABPConfig
+from abp.variants import signal_kind
 
 
-def mean_absolute_error(estimate: torch.Tensor, truth: torch.Tensor,
-                        where: torch.Tensor | None = None) -> float:
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How a trained generator is scored (params.yaml: experiments.<name>.evaluation;
+    changing it reruns the evaluation alone, never the training). The weights stay fixed;
+    every latent, of a training example (from its latent bank entry) or of a test example
+    (from `init`), is the most probable one: gradient descent on the energy, each example
+    stopping on its own once its lowest energy falls by less than CONVERGED (relative) over
+    10 steps (most_probable_latents)."""
+
+    # The most gradient steps any one latent takes; a latent still descending then stops
+    # there (the pipeline's log counts how many used them all).
+    n_steps: Annotated[int, Ge(1)] = 300
+    # s of the descent z ← z − (s²/2)·∂E/∂z; None: the training's abp.step_size.
+    step_size: Annotated[float, Gt(0)] | None = None
+    # Where a test example's descent starts: z = 0 (the prior's mode) or a draw from the
+    # prior N(0, I) (seeded, so reruns agree).
+    init: Literal["zeros", "prior"] = "zeros"
+    # Signals generated from prior draws for the samples figure and media (sample_latents:
+    # one fixed seed, so evaluations compare).
+    n_samples: Annotated[int, Ge(1)] = 16
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a prepared data set as evaluation sees it: the complete signals x (for
+    scoring only), the observations y = A(x) a model may use, the operator A, and for
+    occluded data the mask of observed entries (True: observed)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    observation: Observation
+    mask: torch.Tensor | None = None
+
+    @classmethod
+    def read(cls, folder: Path, split: str) -> Split:
+        """The split `train` or `test` of a prepared data set folder (abp.datasets)."""
+        manifest = datasets.read_manifest(folder)
+        tensors = datasets.read_split(folder, split)
+        y, observation = datasets.observations(tensors, manifest)
+        return cls(tensors["x"], y, observation, tensors.get("mask"))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def signal_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+# Examples inferred at once: the whole split for the bundled data, bounded memory for more.
+INFERENCE_BATCH = 256
+# A latent's descent stops once its lowest energy fell by less than this fraction over 10
+# steps (most_probable_latents; EvaluationConfig.n_steps stays the limit).
+CONVERGED = 1e-4
+# The seed of the prior draws that samples are made from (sample_latents) and of the test
+# latents' starts with init: prior.
+SAMPLES_SEED, PRIOR_START_SEED = 12345, 0
+
+
+def mean_absolute_error(
+    estimate: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None
+) -> float:
     """Mean |estimate − truth| on the [0, 1] scale, over the entries where `where` is nonzero
     (all entries if None)."""
     error = (estimate - truth).abs() / 2  # [−1, 1] → [0, 1] halves distances
@@ -43,11 +107,19 @@ def mean_absolute_error(estimate: torch.Tensor, truth: torch.Tensor,
     return float(error[where].mean())
 
 
-def most_probable_latents(generator: torch.nn.Module, y: torch.Tensor, z: torch.Tensor, *,
-                          sigma: float, step_size: float, max_steps: int,
-                          observation: Observation | None = None, tolerance: float = 1e-4,
-                          patience: int = 10, batch_size: int = 256
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def most_probable_latents(
+    generator: torch.nn.Module,
+    y: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    sigma: float,
+    step_size: float,
+    max_steps: int,
+    observation: Observation | None = None,
+    tolerance: float = 1e-4,
+    patience: int = 10,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient descent on each example's energy E(z) (abp.energy) from z, the weights fixed:
     the MAP latents that scoring uses. Returns (latents, the steps each example took).
 
@@ -59,7 +131,7 @@ def most_probable_latents(generator: torch.nn.Module, y: torch.Tensor, z: torch.
     floating-point rounding.
     """
     n = y.shape[0]
-    half_step = step_size ** 2 / 2
+    half_step = step_size**2 / 2
     observation = observation or Identity()
     z = z.detach().clone()
     best_z, best_energy = z.clone(), torch.full((n,), math.inf, device=z.device)
@@ -71,8 +143,13 @@ def most_probable_latents(generator: torch.nn.Module, y: torch.Tensor, z: torch.
             for index in active.nonzero().squeeze(1).split(batch_size):
                 z_batch = z[index].requires_grad_(step < max_steps)
                 with torch.set_grad_enabled(step < max_steps):
-                    e = energy(generator, z_batch, y[index], sigma=sigma,
-                               observation=observation.select(index))
+                    e = energy(
+                        generator,
+                        z_batch,
+                        y[index],
+                        sigma=sigma,
+                        observation=observation.select(index),
+                    )
                     if step < max_steps:
                         (grad,) = torch.autograd.grad(e.sum(), z_batch)
                         z[index] = z_batch.detach() - half_step * grad
@@ -91,139 +168,154 @@ def most_probable_latents(generator: torch.nn.Module, y: torch.Tensor, z: torch.
     return best_z, steps
 
 
-def pca_size(latent_size: int, n_train: int, signal_size: int) -> int:
-    """The PCA baseline's d: ABP's latent size, capped by what the training data allow. n
-    centred examples span at most n − 1 dimensions (and no more than the signal has), so a
-    larger d adds nothing: PCA already reproduces every training signal at d = n − 1."""
-    return max(0, min(latent_size, n_train - 1, signal_size))
-
-
-class PCA:
-    """Principal component analysis with d components, fitted on complete training data.
-
-    `reconstruct(x)` projects onto the d-dimensional principal subspace: the best linear
-    d-dimensional reconstruction, the paper's baseline for held-out reconstruction. With
-    d = 0 it is the training mean signal, whatever x is: the trivial baseline.
-    """
-
-    def __init__(self, n_components: int):
-        self.n_components = n_components
-
-    @classmethod
-    def constant(cls, signal: torch.Tensor) -> PCA:
-        """A baseline that predicts `signal` for everything (e.g. silence: zeros), fitted to
-        nothing; recover_with_pca still keeps what the data say."""
-        pca = cls(0)
-        pca.mean = signal.flatten().double()
-        pca.components = pca.mean.new_zeros(0, pca.mean.numel())
-        return pca
-
-    def fit(self, x: torch.Tensor) -> PCA:
-        flat = x.flatten(1).double()
-        if self.n_components > min(flat.shape):
-            raise ValueError(f"n_components={self.n_components} exceeds the data's rank bound "
-                             f"{min(flat.shape)}")
-        self.mean = flat.mean(0)
-        if self.n_components == 0:  # the mean alone: no decomposition to pay for
-            self.components = flat.new_zeros(0, flat.shape[1])
-            return self
-        centred = flat - self.mean
-        if centred.shape[1] <= centred.shape[0]:
-            _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-            self.components = vh[: self.n_components]  # (d, D), orthonormal rows
-            return self
-        # Wide data (clips, sounds: D ≫ N): the eigenvectors u of the N×N Gram matrix give
-        # the components uᵀX/√λ. On 2 busy CPU cores 0.01 s for 49 clips of 24576 entries
-        # against 0.2–0.8 s for their thin SVD, and missing-data PCA fits 50 times.
-        eigenvalues, vectors = torch.linalg.eigh(centred @ centred.T)  # ascending
-        eigenvalues = eigenvalues.flip(0)[: self.n_components]
-        vectors = vectors.flip(1)[:, : self.n_components]
-        # Directions without variance (fewer distinct examples than d) get no component.
-        kept = eigenvalues > 1e-12 * eigenvalues[:1].clamp(min=1e-300)
-        scale = torch.where(kept, eigenvalues.clamp(min=1e-300).rsqrt(), 0.0)
-        self.components = (vectors.T @ centred) * scale[:, None]  # (d, D), orthonormal rows
-        return self
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1).double() - self.mean
-        coded = flat @ self.components.T
-        return (coded @ self.components + self.mean).to(x.dtype).view_as(x)
-
-
-def pca_from_observations(y: torch.Tensor, *, forward, back_project, n_components: int,
-                          n_iter: int = 50) -> tuple[PCA, torch.Tensor]:
-    """PCA learned from incomplete or indirect observations y = A(x): the linear baseline
-    for occluded and compressed data. Returns the PCA and the recovered signals x̂.
-
-    Iterative imputation (EM-like): fit a d-component PCA to the current fill-in, take its
-    reconstruction m, and fill in again keeping what the data say:
-    x̂ = m + back_project(y − A(m)). For a mask (A = back_project = m ⊙ ·) this keeps the
-    observed pixels and takes the hidden ones from the PCA; for a projection, back_project
-    is the pseudo-inverse, so x̂ stays consistent with y. With d = 0 the fill-in converges
-    to the mean of what is observed of each entry (geometrically, at the hidden fraction's
-    rate: give more rounds to heavily occluded data).
-    """
-    x_hat = back_project(y)
-    pca = PCA(n_components)
-    for _ in range(n_iter):
-        model = pca.fit(x_hat).reconstruct(x_hat)
-        x_hat = model + back_project(y - forward(model))
-    return pca, x_hat
-
-
-def recover_with_pca(pca: PCA, y: torch.Tensor, *, forward, back_project,
-                     n_iter: int = 50) -> torch.Tensor:
-    """Recover new signals from their observations with a PCA fixed (the same fill-in)."""
-    x_hat = back_project(y)
-    for _ in range(n_iter if pca.n_components else 1):  # a constant model: one round is exact
-        model = pca.reconstruct(x_hat)
-        x_hat = model + back_project(y - forward(model))
-    return x_hat
-
-
-def errors(split: str, estimate: torch.Tensor, tensors: dict[str, torch.Tensor]
-           ) -> dict[str, float]:
+def errors(split: str, estimate: torch.Tensor, truth: Split) -> dict[str, float]:
     """<split>_mae over all entries, and <split>_hidden_mae over the hidden ones if some are."""
-    found = {f"{split}_mae": mean_absolute_error(estimate, tensors["x"])}
-    if "mask" in tensors:
-        found[f"{split}_hidden_mae"] = mean_absolute_error(estimate, tensors["x"],
-                                                           where=~tensors["mask"])
+    found = {f"{split}_mae": mean_absolute_error(estimate, truth.x)}
+    if truth.mask is not None:
+        found[f"{split}_hidden_mae"] = mean_absolute_error(estimate, truth.x, where=~truth.mask)
     return found
 
 
-def scored(prefix: str, fitted: torch.Tensor, recovered: torch.Tensor | None,
-           train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]) -> dict[str, float]:
+def scored(
+    prefix: str,
+    fitted: torch.Tensor,
+    recovered: torch.Tensor | None,
+    train: Split,
+    test: Split | None,
+) -> dict[str, float]:
     """One method's errors on the training signals and (if any) the test signals, the keys
     prefixed ("" for ABP, "pca_", "trivial_"): every method is scored by the same code."""
     found = errors("train", fitted, train)
-    if recovered is not None:
+    if recovered is not None and test is not None:
         found.update(errors("heldout", recovered, test))
     return {prefix + key: value for key, value in found.items()}
 
 
-def linear_baseline(model: int | PCA, shape: Sequence[int], train_split: Split,
-                    test_split: Split) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A linear baseline learned from exactly what ABP learned from (complete, occluded or
-    compressed training data): `model` is d, the number of PCA components to learn (0: the
-    mean signal), or a fixed PCA (e.g. silence). Returns its fitted training signals and its
-    recovered test signals (None without a test split), both keeping what the data say."""
-    (train, y_train, obs_train), (test, y_test, obs_test) = train_split, test_split
-    has_test = len(test["x"]) > 0
-    if isinstance(obs_train, Identity):  # complete data: project, nothing to keep
-        pca = model if isinstance(model, PCA) else PCA(model).fit(train["x"])
-        return pca.reconstruct(train["x"]), pca.reconstruct(test["x"]) if has_test else None
+def consistent(x_hat: torch.Tensor, split: Split) -> torch.Tensor:
+    """Keep what the data say: x̂ + A⁺(y − A x̂). Observed pixels take their observed values
+    and compressed recoveries agree with their measurements, exactly as the baselines'
+    do, so every method is scored on what it adds to the data."""
+    if isinstance(split.observation, Identity):
+        return x_hat
+    return x_hat + split.observation.pseudo_inverse(
+        split.y - split.observation(x_hat), split.signal_shape
+    )
 
-    def pseudo_inverse(observation: Observation):
-        return lambda residual: observation.pseudo_inverse(residual, shape)
 
-    if isinstance(model, PCA):
-        pca, fitted = model, recover_with_pca(model, y_train, forward=obs_train,
-                                              back_project=pseudo_inverse(obs_train))
+def sample_latents(
+    generator, n: int, *, seed: int = SAMPLES_SEED, latent_shape: Sequence[int] | None = None
+) -> torch.Tensor:
+    """n latents from the prior, the same on every device (drawn on the CPU, then moved to
+    the generator's): the fixed batch that training's sample media and evaluation's samples
+    figure are both made from, so they compare."""
+    shape = tuple(latent_shape) if latent_shape is not None else tuple(generator.latent_shape)
+    weight = next(generator.parameters())
+    z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    return z.to(weight.device, weight.dtype)
+
+
+@dataclass
+class Scores:
+    """What `score` found: the errors of ABP and of both baselines (flat numbers), the
+    descent steps each inferred latent took ({"train": …, "test": …}), and, for the split the
+    comparisons show (test if there is one, else train), each method's signals."""
+
+    metrics: dict[str, float]
+    descent_steps: dict[str, torch.Tensor]
+    shown_split: Split
+    signals: dict[str, torch.Tensor]
+
+
+def recover(
+    generator, split: Split, start: torch.Tensor, config: ABPConfig, evaluation: EvaluationConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signals from what is seen of them: g at their most probable latents (descent from
+    `start`), keeping what the data say. Returns (signals, descent steps per example)."""
+    z, steps = most_probable_latents(
+        generator,
+        split.y,
+        start,
+        sigma=config.sigma,
+        step_size=evaluation.step_size or config.step_size,
+        max_steps=evaluation.n_steps,
+        observation=split.observation,
+        tolerance=CONVERGED,
+        batch_size=INFERENCE_BATCH,
+    )
+    with torch.no_grad():
+        return consistent(generator(z), split), steps
+
+
+def starting_latents(generator, n: int, init: str) -> torch.Tensor:
+    """Where the test latents' descent starts: z = 0, or a seeded draw from the prior."""
+    shape = (n, *generator.latent_shape)
+    if init == "zeros":
+        return torch.zeros(shape)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(PRIOR_START_SEED))
+
+
+def score(
+    generator,
+    train: Split,
+    test: Split | None,
+    *,
+    latent_bank: torch.Tensor,
+    config: ABPConfig,
+    evaluation: EvaluationConfig | None = None,
+) -> Scores:
+    """The evaluation protocol: ABP's errors beside those of PCA and of the trivial baseline,
+    each learned from exactly the training data ABP learned from and scored alike.
+
+    - train_mae (and train_hidden_mae for occluded data, the paper's recovery error): g at
+      each training example's most probable latent, descended from its latent bank entry
+      (the last Langevin sample), against the complete training signals;
+    - heldout_mae (and heldout_hidden_mae): test signals recovered from what is seen of
+      them, from latents descended from `evaluation.init`, against the complete truth;
+    - pca_*: PCA with d = pca_components, ABP's latent size unless the training data allow
+      fewer (pca_size); missing-data PCA for occluded or compressed data;
+    - trivial_*: the training mean signal, or silence for sound (the mean of clips cut
+      anywhere in a recording is silence plus noise).
+
+    Every recovered signal keeps what the data say (consistent). The weights stay fixed."""
+    evaluation = evaluation or EvaluationConfig()
+    generator = generator.eval()
+    test = test if test is not None and len(test) > 0 else None
+    shape = train.signal_shape
+    fitted, train_steps = recover(generator, train, latent_bank, config, evaluation)
+    steps = {"train": train_steps}
+    recovered = None
+    if test is not None:
+        start = starting_latents(generator, len(test), evaluation.init)
+        recovered, steps["test"] = recover(generator, test, start, config, evaluation)
+    metrics = scored("", fitted, recovered, train, test)
+
+    latent_size = math.prod(generator.latent_shape)
+    d = pca_size(latent_size, len(train), math.prod(shape))
+    pca_fitted, pca_recovered = linear_baseline(d, train, test)
+    metrics.update(scored("pca_", pca_fitted, pca_recovered, train, test))
+    # One rule per kind: the mean signal, except for sound, whose mean is silence.
+    trivial = PCA.constant(torch.zeros(shape)) if signal_kind(train.x) == "audio" else 0
+    trivial_fitted, trivial_recovered = linear_baseline(trivial, train, test)
+    metrics.update(scored("trivial_", trivial_fitted, trivial_recovered, train, test))
+    metrics.update(pca_components=d, latent_size=latent_size, train_examples=len(train))
+
+    if test is not None:
+        # With a test split every method recovered it.
+        assert recovered is not None and pca_recovered is not None
+        assert trivial_recovered is not None
+        shown = test
+        signals = {"ABP": recovered, "PCA": pca_recovered, "trivial": trivial_recovered}
     else:
-        pca, fitted = pca_from_observations(y_train, forward=obs_train, n_components=model,
-                                            back_project=pseudo_inverse(obs_train),
-                                            n_iter=MEAN_ROUNDS if model == 0 else 50)
-    if not has_test:
-        return fitted, None
-    return fitted, recover_with_pca(pca, y_test, forward=obs_test,
-                                    back_project=pseudo_inverse(obs_test))
+        shown, signals = train, {"ABP": fitted, "PCA": pca_fitted, "trivial": trivial_fitted}
+    return Scores(metrics, steps, shown, signals)
+
+
+def what_is_seen(split: Split) -> tuple[str, torch.Tensor] | None:
+    """What a model sees of a split, as signals a figure can show beside the truth: the
+    observed entries (occlusion), or A⁺y (compressed measurements); None for complete data.
+    (A⁺y is spelled pinv(A)·y: the figures' font has no superscript plus.)"""
+    if isinstance(split.observation, Mask):
+        return "observed", split.y
+    if isinstance(split.observation, Identity):
+        return None
+    return "pinv(A)·y", split.observation.pseudo_inverse(split.y, split.signal_shape)

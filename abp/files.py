@@ -9,13 +9,15 @@ run without ever touching a write in progress.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 PARTIAL = re.compile(r"^\..+\.partial-(\d+)-[^/]+$")
 
@@ -69,3 +71,22 @@ def remove_stale_partials(folder: str | os.PathLike, *, sole_writer: bool = Fals
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def write_json(path: Path, content: Any) -> Path:
+    """Strict JSON (a NaN or infinity is an error, never a bare `NaN` in the file), written
+    atomically."""
+    text = json.dumps(content, indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def save_tensors(content: Any, path: Path) -> Path:
+    """torch.save, atomically: tensors, or plain containers of them (what weights_only
+    loading reads back)."""
+    import torch  # here: the rest of this module needs no torch
+
+    with atomic_path(path) as tmp:
+        torch.save(content, tmp)
+    return path

@@ -41,12 +41,19 @@ def image_grid(images: torch.Tensor, *, ncol: int | None = None, pad: int = 1) -
     for i in range(n):
         r, q = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + q * (w + pad)
-        grid[top:top + h, left:left + w] = pixels[i].transpose(1, 2, 0)
+        grid[top : top + h, left : left + w] = pixels[i].transpose(1, 2, 0)
     return grid
 
 
-def labelled_grid(images: torch.Tensor, labels: Sequence[str] | None, *, ncol: int,
-                  min_side: int = 256, min_cell: int = 40, pad: int = 1) -> np.ndarray:
+def labelled_grid(
+    images: torch.Tensor,
+    labels: Sequence[str] | None,
+    *,
+    ncol: int,
+    min_side: int = 256,
+    min_cell: int = 40,
+    pad: int = 1,
+) -> np.ndarray:
     """image_grid with `ncol` images a row, enlarged (nearest neighbours) so that a cell is at
     least `min_cell` and the grid at least `min_side` pixels high, with each row's label in
     a white margin on its left. The enlargement comes first so that text of a readable size
@@ -101,9 +108,16 @@ def frames_of(clips: torch.Tensor) -> torch.Tensor:
     return clips.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
 
 
-def write_mp4(clips: torch.Tensor, path: Path, *, fps: float = 8, min_side: int = 128,
-              ncol: int | None = None, labels: Sequence[str] | None = None,
-              min_seconds: float = MIN_SECONDS) -> Path:
+def write_mp4(
+    clips: torch.Tensor,
+    path: Path,
+    *,
+    fps: float = 8,
+    min_side: int = 128,
+    ncol: int | None = None,
+    labels: Sequence[str] | None = None,
+    min_seconds: float = MIN_SECONDS,
+) -> Path:
     """N×C×T×H×W clips → one H.264 mp4 showing the clips side by side (`ncol` a row, rows
     labelled if `labels` are given), frame by frame, the whole looped until it lasts at
     least `min_seconds`."""
@@ -111,17 +125,22 @@ def write_mp4(clips: torch.Tensor, path: Path, *, fps: float = 8, min_side: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     n, t = clips.shape[0], clips.shape[2]
     ncol = ncol or math.ceil(math.sqrt(n))
-    frames = [labelled_grid(clips[:, :, i], labels, ncol=ncol, min_side=min_side, min_cell=1)
-              for i in range(t)]
+    frames = [
+        labelled_grid(clips[:, :, i], labels, ncol=ncol, min_side=min_side, min_cell=1)
+        for i in range(t)
+    ]
     height, width = (2 * math.ceil(s / 2) for s in frames[0].shape[:2])  # H.264: even sides
     rate = max(1, round(fps))
     loops = max(1, math.ceil(min_seconds * rate / t))
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        pictures = [av.VideoFrame.from_image(Image.fromarray(f).resize((width, height),
-                                                                       Image.Resampling.NEAREST))
-                    for f in frames]
+        pictures = [
+            av.VideoFrame.from_image(
+                Image.fromarray(f).resize((width, height), Image.Resampling.NEAREST)
+            )
+            for f in frames
+        ]
         for _ in range(loops):
             for picture in pictures:
                 for packet in stream.encode(picture):
@@ -131,8 +150,13 @@ def write_mp4(clips: torch.Tensor, path: Path, *, fps: float = 8, min_side: int 
     return path
 
 
-def joined_sounds(waves: torch.Tensor, *, sample_rate: int, gap_seconds: float = 0.25,
-                  min_seconds: float = MIN_SECONDS) -> torch.Tensor:
+def joined_sounds(
+    waves: torch.Tensor,
+    *,
+    sample_rate: int,
+    gap_seconds: float = 0.25,
+    min_seconds: float = MIN_SECONDS,
+) -> torch.Tensor:
     """N sounds (N×1×L or N×L) → one waveform: each followed by `gap_seconds` of silence, the
     sequence repeated until it lasts at least `min_seconds`."""
     waves = waves.detach().float().cpu().reshape(waves.shape[0], -1)
@@ -148,8 +172,9 @@ def rms(signals: torch.Tensor) -> torch.Tensor:
     return flat.std(dim=1, correction=0)
 
 
-def peak_gain(wave: torch.Tensor, *, peak_dbfs: float = PEAK_DBFS,
-              max_gain: float = MAX_GAIN) -> float:
+def peak_gain(
+    wave: torch.Tensor, *, peak_dbfs: float = PEAK_DBFS, max_gain: float = MAX_GAIN
+) -> float:
     """The gain that brings the waveform's peak to `peak_dbfs` (at most `max_gain`; 1 for
     silence)."""
     peak = float(wave.detach().float().abs().max()) if wave.numel() else 0.0
@@ -158,8 +183,9 @@ def peak_gain(wave: torch.Tensor, *, peak_dbfs: float = PEAK_DBFS,
     return min(10 ** (peak_dbfs / 20) / peak, max_gain)
 
 
-def write_wav(wave: torch.Tensor, path: Path, *, sample_rate: int,
-              gain: float | None = None) -> Path:
+def write_wav(
+    wave: torch.Tensor, path: Path, *, sample_rate: int, gain: float | None = None
+) -> Path:
     """A 1×L (or L) waveform → 16-bit wav, multiplied by `gain`: by default the one that
     brings its peak to PEAK_DBFS (peak_gain). Pass a gain computed from a reference (gain=1
     for sounds already scaled) to keep loudness relative to it."""
@@ -178,7 +204,9 @@ def duration_seconds(path: Path) -> float:
         return soundfile.info(str(path)).duration
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return float(stream.frames / stream.average_rate)
+        rate = stream.average_rate
+        assert rate is not None  # the mp4s written here (write_mp4) have a fixed frame rate
+        return float(stream.frames / rate)
 
 
 def spectrogram_db(wave: torch.Tensor, *, n_fft: int = 256) -> np.ndarray:
@@ -188,7 +216,18 @@ def spectrogram_db(wave: torch.Tensor, *, n_fft: int = 256) -> np.ndarray:
     signal = wave.detach().float().cpu().reshape(-1)
     n_fft = min(n_fft, 2 ** int(math.log2(signal.numel())))  # clips shorter than the window
     window = torch.hann_window(n_fft)
-    magnitude = torch.stft(signal, n_fft, hop_length=n_fft // 4, window=window,
-                           return_complex=True).abs()
+    magnitude = torch.stft(
+        signal, n_fft, hop_length=n_fft // 4, window=window, return_complex=True
+    ).abs()
     decibels = 20 * torch.log10(magnitude + 1e-6)
     return decibels.clamp(min=decibels.max() - 80).numpy()  # 80 dB of dynamic range
+
+
+def latent_grid(generator, steps: int = 9, extent: float = 2.0) -> np.ndarray:
+    """For a 2-D latent space: g(z) over a steps×steps grid of z in [−extent, extent]²
+    (rows: z₂ from top to bottom, columns: z₁), as one image grid."""
+    axis = torch.linspace(-extent, extent, steps)
+    grid = torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij"), -1)  # (z2, z1)
+    z = grid.flip(-1).reshape(-1, 2)
+    with torch.no_grad():
+        return image_grid(generator(z), ncol=steps)

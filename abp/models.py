@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
+
+from abp.files import save_tensors
 
 
 class Generator(nn.Module):
@@ -26,25 +30,41 @@ class Generator(nn.Module):
     latent_shape: tuple[int, ...]
     config: dict[str, Any]
 
-    def sample_latent(self, n: int, *, rng: torch.Generator | None = None,
-                      latent_shape: Sequence[int] | None = None) -> torch.Tensor:
+    def sample_latent(
+        self,
+        n: int,
+        *,
+        rng: torch.Generator | None = None,
+        latent_shape: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Draw n latents from the prior N(0, I) on the generator's device."""
         shape = tuple(latent_shape) if latent_shape is not None else self.latent_shape
         weight = next(self.parameters())
         return torch.randn((n, *shape), generator=rng, device=weight.device, dtype=weight.dtype)
 
     @torch.no_grad()
-    def sample(self, n: int, *, rng: torch.Generator | None = None,
-               latent_shape: Sequence[int] | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        *,
+        rng: torch.Generator | None = None,
+        latent_shape: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Signals g(z) for n latents drawn from the prior."""
         return self(self.sample_latent(n, rng=rng, latent_shape=latent_shape))
 
 
+def _is_whole(value: object) -> TypeGuard[int]:
+    """Whether `value` is a whole number (numpy's integers too: they act as ints here). A bool
+    is not, though Python counts it as an int: YAML's `true` would otherwise build a network
+    of width 1."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
 def _check_sizes(**sizes: Any) -> None:
-    """Each size must be a whole number ≥ 1 (a bool is not a size, though Python counts it
-    as an int: YAML's `true` would otherwise build a network of width 1)."""
+    """Each size must be a whole number ≥ 1 (see _is_whole)."""
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not _is_whole(value):
             raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
         if value < 1:
             raise ValueError(f"{name} must be ≥ 1, got {value}")
@@ -65,11 +85,12 @@ def _default_widths(n_layers: int, width: int, max_width: int = 512) -> tuple[in
     return tuple(min(max_width, width * 2 ** (n_layers - 1 - i)) for i in range(n_layers))
 
 
-def _upsampling_stack(conv: type[nn.Module], widths: Sequence[int], out_channels: int,
-                      kernel, stride, padding) -> nn.Sequential:
+def _upsampling_stack(
+    conv: type[nn.Module], widths: Sequence[int], out_channels: int, kernel, stride, padding
+) -> nn.Sequential:
     """ConvTranspose layers widths[0] → widths[1] → … → out_channels, then tanh."""
     layers: list[nn.Module] = []
-    channels = list(widths) + [out_channels]
+    channels = [*widths, out_channels]
     for i in range(len(widths)):
         layers.append(conv(channels[i], channels[i + 1], kernel, stride, padding))
         layers.append(nn.LeakyReLU(0.2) if i < len(widths) - 1 else nn.Tanh())
@@ -85,8 +106,14 @@ class ImageGenerator(Generator):
 
     kind = "image"
 
-    def __init__(self, latent_dim: int = 100, image_size: int = 64, channels: int = 3,
-                 widths: Sequence[int] | None = None, width: int = 64):
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        image_size: int = 64,
+        channels: int = 3,
+        widths: Sequence[int] | None = None,
+        width: int = 64,
+    ):
         super().__init__()
         _check_sizes(latent_dim=latent_dim, image_size=image_size, channels=channels)
         if widths is None:
@@ -96,11 +123,18 @@ class ImageGenerator(Generator):
         widths = _check_widths(widths, at_least_one=True)
         base, remainder = divmod(image_size, 2 ** len(widths))
         if remainder or base < 1:
-            raise ValueError(f"image_size={image_size} is not base·2^{len(widths)} for the "
-                             f"{len(widths)} upsampling layers of widths={widths}")
+            raise ValueError(
+                f"image_size={image_size} is not base·2^{len(widths)} for the "
+                f"{len(widths)} upsampling layers of widths={widths}"
+            )
         self.latent_shape = (latent_dim,)
-        self.config = dict(kind=self.kind, latent_dim=latent_dim, image_size=image_size,
-                           channels=channels, widths=list(widths))
+        self.config = dict(
+            kind=self.kind,
+            latent_dim=latent_dim,
+            image_size=image_size,
+            channels=channels,
+            widths=list(widths),
+        )
         self.base, self.widths = base, widths
         self.project = nn.Linear(latent_dim, widths[0] * base * base)
         self.activation = nn.LeakyReLU(0.2)
@@ -114,8 +148,9 @@ class ImageGenerator(Generator):
 def face_generator(channels: int = 3) -> ImageGenerator:
     """The 64×64 face generator of the paper's lineage: d = 100,
     4×4×512 → 8×8×256 → 16×16×128 → 32×32×64 → 64×64×C."""
-    return ImageGenerator(latent_dim=100, image_size=64, channels=channels,
-                          widths=(512, 256, 128, 64))
+    return ImageGenerator(
+        latent_dim=100, image_size=64, channels=channels, widths=(512, 256, 128, 64)
+    )
 
 
 class TextureGenerator(Generator):
@@ -128,16 +163,27 @@ class TextureGenerator(Generator):
 
     kind = "texture"
 
-    def __init__(self, latent_channels: int = 4, latent_size: int = 7, channels: int = 3,
-                 widths: Sequence[int] = (256, 128, 64, 32)):
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        latent_size: int = 7,
+        channels: int = 3,
+        widths: Sequence[int] = (256, 128, 64, 32),
+    ):
         super().__init__()
         _check_sizes(latent_channels=latent_channels, latent_size=latent_size, channels=channels)
         widths = _check_widths(widths, at_least_one=False)  # none: a single layer
         self.latent_shape = (latent_channels, latent_size, latent_size)
-        self.config = dict(kind=self.kind, latent_channels=latent_channels,
-                           latent_size=latent_size, channels=channels, widths=list(widths))
-        self.upsample = _upsampling_stack(nn.ConvTranspose2d, (latent_channels, *widths),
-                                          channels, 4, 2, 1)
+        self.config = dict(
+            kind=self.kind,
+            latent_channels=latent_channels,
+            latent_size=latent_size,
+            channels=channels,
+            widths=list(widths),
+        )
+        self.upsample = _upsampling_stack(
+            nn.ConvTranspose2d, (latent_channels, *widths), channels, 4, 2, 1
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.upsample(z)
@@ -153,32 +199,53 @@ class VideoGenerator(Generator):
 
     kind = "video"
 
-    def __init__(self, latent_channels: int = 8, latent_frames: int = 2, latent_size: int = 4,
-                 channels: int = 3, widths: Sequence[int] = (128, 64, 32),
-                 temporal_layers: int = 2):
+    def __init__(
+        self,
+        latent_channels: int = 8,
+        latent_frames: int = 2,
+        latent_size: int = 4,
+        channels: int = 3,
+        widths: Sequence[int] = (128, 64, 32),
+        temporal_layers: int = 2,
+    ):
         super().__init__()
-        _check_sizes(latent_channels=latent_channels, latent_frames=latent_frames,
-                     latent_size=latent_size, channels=channels)
+        _check_sizes(
+            latent_channels=latent_channels,
+            latent_frames=latent_frames,
+            latent_size=latent_size,
+            channels=channels,
+        )
         widths = _check_widths(widths, at_least_one=False)  # none: a single layer
-        if (isinstance(temporal_layers, bool) or not isinstance(temporal_layers, numbers.Integral)
-                or not 0 <= temporal_layers <= len(widths) + 1):
-            raise ValueError(f"temporal_layers={temporal_layers!r} must be a whole number "
-                             f"between 0 and the number of layers, len(widths) + 1 = "
-                             f"{len(widths) + 1}")
+        if not _is_whole(temporal_layers) or not 0 <= temporal_layers <= len(widths) + 1:
+            raise ValueError(
+                f"temporal_layers={temporal_layers!r} must be a whole number "
+                f"between 0 and the number of layers, len(widths) + 1 = "
+                f"{len(widths) + 1}"
+            )
         self.latent_shape = (latent_channels, latent_frames, latent_size, latent_size)
-        self.config = dict(kind=self.kind, latent_channels=latent_channels,
-                           latent_frames=latent_frames, latent_size=latent_size,
-                           channels=channels, widths=list(widths),
-                           temporal_layers=temporal_layers)
+        self.config = dict(
+            kind=self.kind,
+            latent_channels=latent_channels,
+            latent_frames=latent_frames,
+            latent_size=latent_size,
+            channels=channels,
+            widths=list(widths),
+            temporal_layers=temporal_layers,
+        )
         channels_in = (latent_channels, *widths)
         channels_out = (*widths, channels)
         layers: list[nn.Module] = []
         for i in range(len(channels_in)):
             doubles_time = i < temporal_layers
-            layers.append(nn.ConvTranspose3d(
-                channels_in[i], channels_out[i],
-                kernel_size=(4 if doubles_time else 3, 4, 4),
-                stride=(2 if doubles_time else 1, 2, 2), padding=1))
+            layers.append(
+                nn.ConvTranspose3d(
+                    channels_in[i],
+                    channels_out[i],
+                    kernel_size=(4 if doubles_time else 3, 4, 4),
+                    stride=(2 if doubles_time else 1, 2, 2),
+                    padding=1,
+                )
+            )
             layers.append(nn.LeakyReLU(0.2) if i < len(channels_in) - 1 else nn.Tanh())
         self.upsample = nn.Sequential(*layers)
 
@@ -194,22 +261,39 @@ class AudioGenerator(Generator):
 
     kind = "audio"
 
-    def __init__(self, latent_channels: int = 16, latent_length: int = 16,
-                 widths: Sequence[int] = (128, 64, 32), stride: int = 4, channels: int = 1):
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        latent_length: int = 16,
+        widths: Sequence[int] = (128, 64, 32),
+        stride: int = 4,
+        channels: int = 1,
+    ):
         super().__init__()
-        _check_sizes(latent_channels=latent_channels, latent_length=latent_length,
-                     channels=channels)
-        if (isinstance(stride, bool) or not isinstance(stride, numbers.Integral)
-                or stride < 2 or stride % 2):
+        _check_sizes(
+            latent_channels=latent_channels, latent_length=latent_length, channels=channels
+        )
+        if not _is_whole(stride) or stride < 2 or stride % 2:
             raise ValueError(f"stride={stride!r} must be an even number ≥ 2")
         widths = _check_widths(widths, at_least_one=False)  # none: a single layer
         self.latent_shape = (latent_channels, latent_length)
-        self.config = dict(kind=self.kind, latent_channels=latent_channels,
-                           latent_length=latent_length, widths=list(widths), stride=stride,
-                           channels=channels)
+        self.config = dict(
+            kind=self.kind,
+            latent_channels=latent_channels,
+            latent_length=latent_length,
+            widths=list(widths),
+            stride=stride,
+            channels=channels,
+        )
         # kernel 2·stride, padding stride/2: each layer multiplies the length by exactly stride.
-        self.upsample = _upsampling_stack(nn.ConvTranspose1d, (latent_channels, *widths),
-                                          channels, 2 * stride, stride, stride // 2)
+        self.upsample = _upsampling_stack(
+            nn.ConvTranspose1d,
+            (latent_channels, *widths),
+            channels,
+            2 * stride,
+            stride,
+            stride // 2,
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.upsample(z)
@@ -223,18 +307,21 @@ class LinearGenerator(Generator):
     def __init__(self, latent_dim: int, output_shape: Sequence[int] | int):
         super().__init__()
         _check_sizes(latent_dim=latent_dim)
-        if isinstance(output_shape, numbers.Integral) and not isinstance(output_shape, bool):
+        if _is_whole(output_shape):
             output_shape = (output_shape,)
-        if (isinstance(output_shape, (str, bytes)) or not isinstance(output_shape, Sequence)
-                or not output_shape):
-            raise ValueError("output_shape must be a size or a list of sizes, "
-                             f"got {output_shape!r}")
+        if (
+            isinstance(output_shape, (str, bytes))
+            or not isinstance(output_shape, Sequence)
+            or not output_shape
+        ):
+            raise ValueError(
+                f"output_shape must be a size or a list of sizes, got {output_shape!r}"
+            )
         _check_sizes(**{f"output_shape[{i}]": s for i, s in enumerate(output_shape)})
         output_shape = tuple(int(s) for s in output_shape)
         self.latent_shape = (latent_dim,)
         self.output_shape = output_shape
-        self.config = dict(kind=self.kind, latent_dim=latent_dim,
-                           output_shape=list(output_shape))
+        self.config = dict(kind=self.kind, latent_dim=latent_dim, output_shape=list(output_shape))
         self.linear = nn.Linear(latent_dim, math.prod(output_shape))
 
     @property
@@ -251,8 +338,8 @@ class LinearGenerator(Generator):
 
 
 GENERATORS: dict[str, type[Generator]] = {
-    cls.kind: cls for cls in
-    (ImageGenerator, TextureGenerator, VideoGenerator, AudioGenerator, LinearGenerator)
+    cls.kind: cls
+    for cls in (ImageGenerator, TextureGenerator, VideoGenerator, AudioGenerator, LinearGenerator)
 }
 
 
@@ -263,3 +350,54 @@ def build_generator(config: dict[str, Any]) -> Generator:
     if kind not in GENERATORS:
         raise ValueError(f"unknown generator kind {kind!r}; expected one of {sorted(GENERATORS)}")
     return GENERATORS[kind](**options)
+
+
+def sized_config(config: dict[str, Any], signal_shape: Sequence[int]) -> dict[str, Any]:
+    """A generator's settings with the sizes the data fix filled in (channels, image size,
+    output shape), unless the settings give them."""
+    config = dict(config)
+    channels, *rest = signal_shape
+    if config.get("kind") == "linear":
+        config.setdefault("output_shape", list(signal_shape))
+        return config
+    config.setdefault("channels", channels)
+    if config.get("kind") == "image":
+        config.setdefault("image_size", rest[-1])
+    return config
+
+
+def generator_for(
+    config: dict[str, Any],
+    signal_shape: Sequence[int],
+    *,
+    seed: int | None = None,
+    data_name: str = "the data",
+) -> Generator:
+    """The generator of `config` sized for signals of `signal_shape`, its initial weights
+    drawn with torch's global generator seeded by `seed` (None: as it stands); raises
+    ValueError unless it makes signals of exactly that shape."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    generator = build_generator(sized_config(config, signal_shape))
+    with torch.no_grad():
+        made = list(generator(generator.sample_latent(1)).shape[1:])
+    if made != list(signal_shape):
+        raise ValueError(
+            f"the generator makes signals of shape {made}, but {data_name} holds "
+            f"{list(signal_shape)}; change its sizes"
+        )
+    return generator
+
+
+def save_generator(generator: Generator, path: Path) -> Path:
+    """The generator's config and weights, atomically: what load_generator rebuilds it from."""
+    return save_tensors({"config": generator.config, "state_dict": generator.state_dict()}, path)
+
+
+def load_generator(path: Path) -> Generator:
+    """A generator saved by save_generator, on the CPU (weights only: nothing is unpickled
+    but tensors and plain values)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    generator = build_generator(saved["config"])
+    generator.load_state_dict(saved["state_dict"])
+    return generator

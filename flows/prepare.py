@@ -26,70 +26,110 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from abp import datasets, variants
-from abp.masks import keep_fraction
 from abp.sources.audio import load_audio_clips
 from abp.sources.bundled import bundled_file, bundled_images
-from abp.sources.common import Clips, SourceError, source_root
+from abp.sources.common import Clips, Skipped, SourceError, source_root
 from abp.sources.images import images_from_arrays, load_image_folder
 from abp.sources.video import load_video_clips
-from flows.config import (BUNDLED, PARAMS_FILE, AudioDataset, CompressedVariant, ConfigError,
-                          ImageDataset, OcclusionVariant, SubsampleVariant, VideoDataset,
-                          dataset_config, load_params)
+from flows.config import (
+    BUNDLED,
+    AudioDataset,
+    CompressedVariant,
+    ConfigError,
+    ImageDataset,
+    OcclusionVariant,
+    SubsampleVariant,
+    VideoDataset,
+    dataset_config,
+    load_params,
+)
+from flows.paths import PARAMS_FILE, PREPARED_ROOT
 from flows.process import prefect_server_for_this_process, run_command
-
-PREPARED_ROOT = Path("data/prepared")
 
 
 def _bundled_name(source: str) -> str | None:
-    return source[len(BUNDLED):] if source.startswith(BUNDLED) else None
+    return source[len(BUNDLED) :] if source.startswith(BUNDLED) else None
 
 
 @task(cache_policy=NO_CACHE)
-def read_source(cfg: ImageDataset | VideoDataset | AudioDataset
-                ) -> tuple[torch.Tensor | Clips, dict[str, Any]]:
+def read_source(
+    cfg: ImageDataset | VideoDataset | AudioDataset,
+) -> tuple[torch.Tensor | Clips, dict[str, Any]]:
     """The source's examples (images as one tensor; video and audio as clips that know their
     file and start), and what the manifest says about the inputs."""
     bundled = _bundled_name(cfg.source)
     info: dict[str, Any] = {"source": cfg.source}
+    source: torch.Tensor | Clips
+    skipped: list[Skipped]
     if isinstance(cfg, ImageDataset) and bundled:
         arrays = bundled_images(bundled)[: cfg.max_examples]
-        source = images_from_arrays(arrays, size=cfg.image_size, channels=cfg.channels,
-                                    crop=cfg.crop)
+        source = images_from_arrays(
+            arrays, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop
+        )
         info["inputs"] = {"arrays": len(arrays), "sha256": datasets.sha256_arrays(arrays)}
         skipped = []
     else:
         location = bundled_file(bundled) if bundled else Path(cfg.source)
         if isinstance(cfg, ImageDataset):
             source, files, skipped = load_image_folder(
-                location, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop,
-                max_images=cfg.max_examples, on_corrupt=cfg.on_corrupt)
+                location,
+                size=cfg.image_size,
+                channels=cfg.channels,
+                crop=cfg.crop,
+                max_images=cfg.max_examples,
+                on_corrupt=cfg.on_corrupt,
+            )
             info["split"] = {"by": "file", "note": "one example per image file, drawn at random"}
         elif isinstance(cfg, VideoDataset):
-            source = load_video_clips(
-                location, size=cfg.image_size, channels=cfg.channels, crop=cfg.crop,
-                clip_frames=cfg.clip_frames, clip_stride=cfg.clip_stride, fps=cfg.fps,
-                frame_step=cfg.frame_step, max_frames=cfg.max_frames,
-                max_clips=cfg.max_examples, on_corrupt=cfg.on_corrupt)
-            files, skipped = source.files, source.skipped
-            info.update(fps=source.rate, **frame_rates(source, cfg.frame_step))
+            clips = load_video_clips(
+                location,
+                size=cfg.image_size,
+                channels=cfg.channels,
+                crop=cfg.crop,
+                clip_frames=cfg.clip_frames,
+                clip_stride=cfg.clip_stride,
+                fps=cfg.fps,
+                frame_step=cfg.frame_step,
+                max_frames=cfg.max_frames,
+                max_clips=cfg.max_examples,
+                on_corrupt=cfg.on_corrupt,
+            )
+            files, skipped = clips.files, clips.skipped
+            info.update(fps=clips.rate, **frame_rates(clips, cfg.frame_step))
+            source = clips
         else:
-            source = load_audio_clips(
-                location, sample_rate=cfg.sample_rate, clip_length=cfg.clip_length,
-                clip_stride=cfg.clip_stride, peak_normalize=cfg.peak_normalize,
-                pad_short=cfg.pad_short, max_clips=cfg.max_examples, on_corrupt=cfg.on_corrupt)
-            files, skipped = source.files, source.skipped
+            clips = load_audio_clips(
+                location,
+                sample_rate=cfg.sample_rate,
+                clip_length=cfg.clip_length,
+                clip_stride=cfg.clip_stride,
+                peak_normalize=cfg.peak_normalize,
+                pad_short=cfg.pad_short,
+                max_clips=cfg.max_examples,
+                on_corrupt=cfg.on_corrupt,
+            )
+            files, skipped = clips.files, clips.skipped
             info["sample_rate"] = cfg.sample_rate
-            info["channels_mixed"] = {"files": len(source.multichannel),
-                                      "note": "files with several channels averaged to mono"}
-            if source.padded:
+            info["channels_mixed"] = {
+                "files": len(clips.multichannel),
+                "note": "files with several channels averaged to mono",
+            }
+            if clips.padded:
                 info["padded"] = {
-                    "files": len(source.padded), "first": source.names(source.padded[:3]),
+                    "files": len(clips.padded),
+                    "first": clips.names(clips.padded[:3]),
                     "note": "shorter than one clip: zero-padded at the end; the mask marks the "
-                            "padding unobserved"}
-        info["inputs"] = {"files": len(files),
-                          "sha256": datasets.sha256_files(files, source_root(location))}
-    info["skipped"] = {"count": len(skipped),
-                       "files": [{"path": s.path, "reason": s.reason} for s in skipped[:50]]}
+                    "padding unobserved",
+                }
+            source = clips
+        info["inputs"] = {
+            "files": len(files),
+            "sha256": datasets.sha256_files(files, source_root(location)),
+        }
+    info["skipped"] = {
+        "count": len(skipped),
+        "files": [{"path": s.path, "reason": s.reason} for s in skipped[:50]],
+    }
     return source, info
 
 
@@ -97,12 +137,16 @@ def frame_rates(clips: Clips, frame_step: int) -> dict[str, Any]:
     """Each video's own frame rate, and which ones were resampled to the data set's."""
     names = clips.names()
     target = clips.rate * frame_step
-    resampled = [n for n, r in zip(names, clips.file_rates) if not math.isclose(r, target,
-                                                                                rel_tol=1e-6)]
+    resampled = [
+        n for n, r in zip(names, clips.file_rates) if not math.isclose(r, target, rel_tol=1e-6)
+    ]
     found: dict[str, Any] = {"source_fps": dict(zip(names, clips.file_rates))}
     if resampled:
-        found["resampled"] = {"to_fps": target, "files": resampled,
-                              "how": "nearest frame in time (frames dropped or repeated)"}
+        found["resampled"] = {
+            "to_fps": target,
+            "files": resampled,
+            "how": "nearest frame in time (frames dropped or repeated)",
+        }
     return found
 
 
@@ -114,25 +158,35 @@ def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) 
         video = isinstance(cfg, VideoDataset)
         try:
             train_ids, test_ids, info["split"] = datasets.split_by_source(
-                source.file, source.start, names=source.names(),
+                source.file,
+                source.start,
+                names=source.names(),
                 clip_length=cfg.clip_frames if video else cfg.clip_length,
-                test_fraction=cfg.test_fraction, seed=cfg.split_seed,
-                unit="frames" if video else "samples")
+                test_fraction=cfg.test_fraction,
+                seed=cfg.split_seed,
+                unit="frames" if video else "samples",
+            )
         except ValueError as error:
             raise ConfigError(f"{params_file}: datasets.{name}.test_fraction: {error}") from None
         examples = {"x": source.x, "clip_file": source.file, "clip_start": source.start}
         if source.mask is not None:
             examples["mask"] = source.mask
     else:
-        train_ids, test_ids = datasets.split_indices(len(source), cfg.test_fraction,
-                                                     cfg.split_seed)
+        train_ids, test_ids = datasets.split_indices(len(source), cfg.test_fraction, cfg.split_seed)
         examples = {"x": source}
-    splits = {split: {k: v[ids] for k, v in examples.items()}
-              for split, ids in (("train", train_ids), ("test", test_ids))}
-    manifest = {"name": name, "kind": variants.signal_kind(examples["x"]), **info,
-                "settings": cfg.model_dump(), "split_seed": cfg.split_seed,
-                "counts": {s: len(t["x"]) for s, t in splits.items()},
-                "shapes": {s: list(t["x"].shape) for s, t in splits.items()}}
+    splits = {
+        split: {k: v[ids] for k, v in examples.items()}
+        for split, ids in (("train", train_ids), ("test", test_ids))
+    }
+    manifest = {
+        "name": name,
+        "kind": variants.signal_kind(examples["x"]),
+        **info,
+        "settings": cfg.model_dump(),
+        "split_seed": cfg.split_seed,
+        "counts": {s: len(t["x"]) for s, t in splits.items()},
+        "shapes": {s: list(t["x"].shape) for s, t in splits.items()},
+    }
     datasets.write_prepared(out, splits, manifest)
     return manifest
 
@@ -146,30 +200,40 @@ def check_variant_fits(name: str, cfg, base: dict[str, Any], params_file: Path) 
     shape = base["shapes"]["train"][1:]
     try:
         if isinstance(cfg, OcclusionVariant):
-            variants.check_occlusion(shape, pattern=cfg.pattern, side=cfg.side, block=cfg.block,
-                                     hidden_fraction=cfg.hidden_fraction)
+            variants.check_occlusion(
+                shape,
+                pattern=cfg.pattern,
+                side=cfg.side,
+                block=cfg.block,
+                hidden_fraction=cfg.hidden_fraction,
+            )
         elif isinstance(cfg, CompressedVariant):
-            variants.check_measurement(shape, operator=cfg.operator, ratio=cfg.ratio,
-                                       block=cfg.block)
+            variants.check_measurement(
+                shape, operator=cfg.operator, ratio=cfg.ratio, block=cfg.block
+            )
         else:
-            variants.check_subsample(shape, frame_step=cfg.frame_step,
-                                     sample_step=cfg.sample_step)
+            variants.check_subsample(shape, frame_step=cfg.frame_step, sample_step=cfg.sample_step)
     except variants.UnfitSetting as error:
-        raise ConfigError(f"{params_file}: variants.{name}.{error.key}: {error} (base "
-                          f"{cfg.base}: {base['kind']} data, {'×'.join(map(str, shape))} per "
-                          "example)") from None
+        raise ConfigError(
+            f"{params_file}: variants.{name}.{error.key}: {error} (base "
+            f"{cfg.base}: {base['kind']} data, {'×'.join(map(str, shape))} per "
+            "example)"
+        ) from None
     if isinstance(cfg, CompressedVariant) and base.get("padded"):
         # y = A·x would mix the made-up zeros into every measurement, and no mask can take
         # them out again.
-        raise ConfigError(f"{params_file}: variants.{name}.base: {cfg.base} holds sounds "
-                          "zero-padded to one clip (pad_short: true), and compressed "
-                          "measurements would mix the padding into every measurement; set "
-                          f"datasets.{cfg.base}.pad_short: false, or use an occlusion or "
-                          "subsample variant")
+        raise ConfigError(
+            f"{params_file}: variants.{name}.base: {cfg.base} holds sounds "
+            "zero-padded to one clip (pad_short: true), and compressed "
+            "measurements would mix the padding into every measurement; set "
+            f"datasets.{cfg.base}.pad_short: false, or use an occlusion or "
+            "subsample variant"
+        )
 
 
-def prepare_variant(name: str, cfg, base_folder: Path, out: Path,
-                    params_file: Path = PARAMS_FILE) -> dict[str, Any]:
+def prepare_variant(
+    name: str, cfg, base_folder: Path, out: Path, params_file: Path = PARAMS_FILE
+) -> dict[str, Any]:
     """A variant of a prepared data set. Its examples keep the base's split, and their
     clip_file and clip_start (in the base's frames or samples). A base with a mask (sounds
     padded with pad_short) keeps it: occlusion hides entries on top of it, subsampling
@@ -178,46 +242,43 @@ def prepare_variant(name: str, cfg, base_folder: Path, out: Path,
     check_variant_fits(name, cfg, base, params_file)
     splits = {s: datasets.read_split(base_folder, s) for s in datasets.SPLITS}
     rng = torch.Generator().manual_seed(cfg.seed)
-    manifest: dict[str, Any] = {"name": name, "base": cfg.base, "kind": base["kind"],
-                                "variant": cfg.model_dump(), "base_inputs": base.get("inputs"),
-                                **{k: base[k] for k in ("fps", "sample_rate", "split", "padded")
-                                   if k in base}}
+    manifest: dict[str, Any] = {
+        "name": name,
+        "base": cfg.base,
+        "kind": base["kind"],
+        "variant": cfg.model_dump(),
+        "base_inputs": base.get("inputs"),
+        **{k: base[k] for k in ("fps", "sample_rate", "split", "padded") if k in base},
+    }
     if isinstance(cfg, OcclusionVariant):
-        coverage = {}
-        for split, tensors in splits.items():
-            if len(tensors["x"]) == 0:
-                continue
-            mask = variants.occlusion_mask(tensors["x"], pattern=cfg.pattern, rng=rng,
-                                           hidden_fraction=cfg.hidden_fraction,
-                                           block=cfg.block, side=cfg.side)
-            if "mask" in tensors:  # padding stays unobserved
-                mask = mask & tensors["mask"]
-            if not mask.flatten(1).any(1).all():
-                raise ConfigError(f"{params_file}: variants.{name}: the mask hides every entry "
-                                  "of some examples; lower hidden_fraction, block or side")
-            tensors["mask"] = mask
-            hidden = 1 - mask.flatten(1).float().mean(1)
-            coverage[split] = {"hidden_mean": float(hidden.mean()), "hidden_min": float(hidden.min()),
-                               "hidden_max": float(hidden.max())}
-        manifest["coverage"] = coverage
+        try:
+            manifest["coverage"] = variants.occlude(
+                splits,
+                pattern=cfg.pattern,
+                rng=rng,
+                hidden_fraction=cfg.hidden_fraction,
+                block=cfg.block,
+                side=cfg.side,
+            )
+        except variants.UnfitSetting:
+            raise
+        except ValueError as error:
+            raise ConfigError(f"{params_file}: variants.{name}: {error}") from None
         if "padded" in base:
             manifest["coverage_note"] = "hidden counts the base's padding too"
     elif isinstance(cfg, CompressedVariant):
-        spec = variants.measurement_spec(splits["train"]["x"], operator=cfg.operator,
-                                         ratio=cfg.ratio, block=cfg.block, seed=cfg.seed)
-        operator = variants.operator_from_spec(spec)
-        for tensors in splits.values():
-            tensors["y"] = operator(tensors["x"])
-        manifest["operator"] = spec
+        manifest["operator"] = variants.measure(
+            splits, operator=cfg.operator, ratio=cfg.ratio, block=cfg.block, seed=cfg.seed
+        )
         manifest["measurement_shape"] = list(splits["train"]["y"].shape[1:])
     else:
-        keep = keep_fraction(len(splits["train"]["x"]), cfg.keep_fraction, rng)
-        splits["train"] = {k: v[keep] for k, v in splits["train"].items()}
-        for tensors in splits.values():
-            for key in ("x", "mask"):
-                if key in tensors:
-                    tensors[key] = variants.subsample(tensors[key], frame_step=cfg.frame_step,
-                                                      sample_step=cfg.sample_step)
+        splits = variants.thin(
+            splits,
+            keep_fraction=cfg.keep_fraction,
+            rng=rng,
+            frame_step=cfg.frame_step,
+            sample_step=cfg.sample_step,
+        )
         if "fps" in manifest:
             manifest["fps"] = manifest["fps"] / cfg.frame_step
         if "sample_rate" in manifest:
@@ -229,8 +290,9 @@ def prepare_variant(name: str, cfg, base_folder: Path, out: Path,
 
 
 @flow(name="prepare", flow_run_name="prepare {name}")
-def prepare(name: str, params_file: str = str(PARAMS_FILE),
-            prepared_root: str = str(PREPARED_ROOT)) -> dict[str, Any]:
+def prepare(
+    name: str, params_file: str = str(PARAMS_FILE), prepared_root: str = str(PREPARED_ROOT)
+) -> dict[str, Any]:
     """Prepare the data set or variant `name` from the params file into
     <prepared_root>/<name>."""
     logger = get_run_logger()
@@ -238,20 +300,28 @@ def prepare(name: str, params_file: str = str(PARAMS_FILE),
     started = time.perf_counter()
     out = Path(prepared_root) / name
     if isinstance(cfg, VARIANTS):
-        manifest = prepare_variant(name, cfg, Path(prepared_root) / cfg.base, out,
-                                   Path(params_file))
+        manifest = prepare_variant(
+            name, cfg, Path(prepared_root) / cfg.base, out, Path(params_file)
+        )
     else:
         manifest = prepare_dataset(name, cfg, out, Path(params_file))
-    logger.info("%s: %s train / %s test (split by %s), shape %s, %.1f s", out,
-                manifest["counts"]["train"], manifest["counts"]["test"],
-                manifest.get("split", {}).get("by", "example"), manifest["shapes"]["train"][1:],
-                time.perf_counter() - started)
+    logger.info(
+        "%s: %s train / %s test (split by %s), shape %s, %.1f s",
+        out,
+        manifest["counts"]["train"],
+        manifest["counts"]["test"],
+        manifest.get("split", {}).get("by", "example"),
+        manifest["shapes"]["train"][1:],
+        time.perf_counter() - started,
+    )
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="a key under bundled:, datasets: or variants: in the params file")
+    parser.add_argument(
+        "name", help="a key under bundled:, datasets: or variants: in the params file"
+    )
     parser.add_argument("--params", default=str(PARAMS_FILE), help="the params file")
     parser.add_argument("--prepared-root", default=str(PREPARED_ROOT))
     args = parser.parse_args(argv)

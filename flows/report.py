@@ -42,8 +42,9 @@ from typing import Any, NamedTuple
 import matplotlib
 from prefect import flow, get_run_logger
 
+from abp.files import write_json
 from flows.config import ConfigError, dataset_config, experiment_config, load_params
-from flows.experiment import METRICS_ROOT, REPORTS_ROOT, write_json
+from flows.paths import METRICS_ROOT, REPORTS_ROOT
 from flows.process import prefect_server_for_this_process, run_command
 
 matplotlib.use("Agg")
@@ -54,8 +55,12 @@ METHOD_NAMES = {"abp": "ABP", "pca": "PCA", "trivial": "trivial"}
 # The error an experiment is judged by: held-out where there is a test split, the hidden
 # entries' where some are hidden (the observed ones are kept, by every method alike).
 HEADLINE = ("heldout_hidden_mae", "heldout_mae", "train_hidden_mae", "train_mae")
-ERROR_NAMES = {"heldout_hidden_mae": "held-out, hidden entries", "heldout_mae": "held-out",
-               "train_hidden_mae": "training, hidden entries", "train_mae": "training"}
+ERROR_NAMES = {
+    "heldout_hidden_mae": "held-out, hidden entries",
+    "heldout_mae": "held-out",
+    "train_hidden_mae": "training, hidden entries",
+    "train_mae": "training",
+}
 OVERFITTING = 1.5  # held-out error at least this many times the training error
 NARROW = 0.05  # a win by less than 5 % of the better baseline's error is a narrow one
 
@@ -73,6 +78,7 @@ def base_kind(dataset: str, params: dict) -> str | None:
 
 class Setting(NamedTuple):
     """One column of a comparison."""
+
     key: str  # in metrics/summary.json; never renamed, so `dvc metrics diff` spans versions
     label: str  # the paper's name: REPORT.md, the PNG charts and reports/plots all show it
     rank: tuple  # the paper's column order
@@ -81,8 +87,9 @@ class Setting(NamedTuple):
 def occlusion_setting(data) -> Setting | None:
     if data.pattern == "salt_pepper":  # the paper's P.5: half the pixels hidden
         fraction = data.hidden_fraction
-        return Setting(f"P{round(100 * fraction)}", f"P{fraction:g}".replace("P0.", "P."),
-                       (0, fraction))
+        return Setting(
+            f"P{round(100 * fraction)}", f"P{fraction:g}".replace("P0.", "P."), (0, fraction)
+        )
     if data.pattern == "square":  # M20: one 20×20 square missing
         return Setting(f"M{data.side}", f"M{data.side}", (1, data.side))
     return None
@@ -93,13 +100,17 @@ def compressed_setting(data, params: dict) -> Setting:
         return Setting(f"gaussian_{data.ratio:g}", f"Gaussian {data.ratio:g}", (0, data.ratio))
     # The key's ratio is 1/block² for every kind of data (sounds average 1-D blocks, but the
     # key stays as it was); the label says what was averaged.
-    label = (f"mean of {data.block}" if base_kind(data.base, params) == "audio"
-             else f"{data.block}×{data.block}")
-    return Setting(f"local_average_{1 / data.block ** 2:g}", label, (1, data.block))
+    label = (
+        f"mean of {data.block}"
+        if base_kind(data.base, params) == "audio"
+        else f"{data.block}×{data.block}"
+    )
+    return Setting(f"local_average_{1 / data.block**2:g}", label, (1, data.block))
 
 
-def comparison(name: str, params: dict,
-               metrics: dict[str, float]) -> tuple[str, str, Setting] | None:
+def comparison(
+    name: str, params: dict, metrics: dict[str, float]
+) -> tuple[str, str, Setting] | None:
     """(data set, section, setting) of an experiment in the paper's comparisons, or None if
     it is not one of them."""
     exp = experiment_config(name, params)
@@ -119,9 +130,11 @@ def comparison(name: str, params: dict,
     return None
 
 
-SCORES = {"reconstruction": ("heldout_mae", "held-out reconstruction"),
-          "occlusion": ("train_hidden_mae", "recovery of occluded training pixels"),
-          "compressed": ("train_mae", "recovery of training signals from measurements")}
+SCORES = {
+    "reconstruction": ("heldout_mae", "held-out reconstruction"),
+    "occlusion": ("train_hidden_mae", "recovery of occluded training pixels"),
+    "compressed": ("train_mae", "recovery of training signals from measurements"),
+}
 
 
 def read_metrics(params: dict, metrics_root: Path) -> dict[str, dict[str, float]]:
@@ -146,8 +159,13 @@ def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, d
     sources: dict[str, tuple[Setting, str]] = {}
     for name, metrics in found.items():
         key = headline(metrics)
-        summary["experiments"][name] = {key: methods(metrics, key), **{
-            size: metrics[size] for size in ("pca_components", "latent_size") if size in metrics}}
+        entry: dict[str, dict[str, float] | float] = {
+            key: methods(metrics, key),
+            **{
+                size: metrics[size] for size in ("pca_components", "latent_size") if size in metrics
+            },
+        }
+        summary["experiments"][name] = entry
         placed = comparison(name, params, metrics)
         if placed is None:
             continue
@@ -159,11 +177,14 @@ def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, d
     return json.loads(json.dumps(summary)), sources
 
 
-def columns(dataset: str, section: str, settings: dict,
-            sources: dict[str, tuple[Setting, str]]) -> list[tuple[Setting, str]]:
+def columns(
+    dataset: str, section: str, settings: dict, sources: dict[str, tuple[Setting, str]]
+) -> list[tuple[Setting, str]]:
     """(setting, experiment) of each column of one comparison, in the paper's order."""
-    return sorted((sources[f"{dataset}.{section}.{key}"] for key in settings),
-                  key=lambda column: column[0].rank)
+    return sorted(
+        (sources[f"{dataset}.{section}.{key}"] for key in settings),
+        key=lambda column: column[0].rank,
+    )
 
 
 def trivial_name(name: str, params: dict) -> str:
@@ -181,13 +202,19 @@ def losses(name: str, metrics: dict[str, float], params: dict) -> str | None:
     key = headline(metrics)
     scores = methods(metrics, key)
     names = {"pca": pca_name(metrics), "trivial": trivial_name(name, params)}
-    lost = [f"that of {names[m]}, {scores[m]:.4f}, by {scores['abp'] - scores[m]:.4f}"
-            + (f" ({100 * (scores['abp'] / scores[m] - 1):.0f} %)" if scores[m] > 0 else "")
-            for m in ("pca", "trivial") if m in scores and scores["abp"] >= scores[m]]
+    lost = [
+        f"that of {names[m]}, {scores[m]:.4f}, by {scores['abp'] - scores[m]:.4f}"
+        + (f" ({100 * (scores['abp'] / scores[m] - 1):.0f} %)" if scores[m] > 0 else "")
+        for m in ("pca", "trivial")
+        if m in scores and scores["abp"] >= scores[m]
+    ]
     if not lost:
         return None
-    return (f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is above "
-            + ", and ".join(lost) + ".")
+    return (
+        f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is above "
+        + ", and ".join(lost)
+        + "."
+    )
 
 
 def narrow_win(name: str, metrics: dict[str, float], params: dict) -> str | None:
@@ -197,23 +224,28 @@ def narrow_win(name: str, metrics: dict[str, float], params: dict) -> str | None
     baselines = {m: v for m, v in scores.items() if m != "abp"}
     if not baselines or "abp" not in scores:
         return None
-    best = min(baselines, key=baselines.get)
+    best = min(baselines, key=baselines.__getitem__)
     if not scores["abp"] < baselines[best] < scores["abp"] * (1 + NARROW):
         return None
     names = {"pca": pca_name(metrics), "trivial": trivial_name(name, params)}
-    return (f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is below that of "
-            f"{names[best]}, {baselines[best]:.4f}, but only by "
-            f"{baselines[best] - scores['abp']:.4f} "
-            f"({100 * (1 - scores['abp'] / baselines[best]):.0f} %): look at the figures "
-            "and media before trusting the difference.")
+    return (
+        f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is below that of "
+        f"{names[best]}, {baselines[best]:.4f}, but only by "
+        f"{baselines[best] - scores['abp']:.4f} "
+        f"({100 * (1 - scores['abp'] / baselines[best]):.0f} %): look at the figures "
+        "and media before trusting the difference."
+    )
 
 
 def blind_baselines(name: str, metrics: dict[str, float], params: dict) -> bool:
     """Whether PCA does exactly as well as the mean signal on compressed data."""
     data = dataset_config(experiment_config(name, params).dataset, params)
     scores = methods(metrics, headline(metrics))
-    return (getattr(data, "kind", None) == "compressed" and {"pca", "trivial"} <= set(scores)
-            and abs(scores["pca"] - scores["trivial"]) <= 1e-6 * max(scores["pca"], 1e-12))
+    return (
+        getattr(data, "kind", None) == "compressed"
+        and {"pca", "trivial"} <= set(scores)
+        and abs(scores["pca"] - scores["trivial"]) <= 1e-6 * max(scores["pca"], 1e-12)
+    )
 
 
 def overfitting(name: str, metrics: dict[str, float]) -> str | None:
@@ -226,12 +258,17 @@ def overfitting(name: str, metrics: dict[str, float]) -> str | None:
         return None
     if heldout < OVERFITTING * train:
         return None
-    examples = (f"its {metrics['train_examples']:g} training signals"
-                if "train_examples" in metrics else "its training signals")
-    return (f"`{name}`: training error {train:.4f} against held-out {heldout:.4f} "
-            f"({heldout / train:.1f}×): the generator fits {examples} far better than new "
-            "ones (overfitting). More data, a smaller generator, or choosing the epoch on a "
-            "validation split carved from the training data would tell.")
+    examples = (
+        f"its {metrics['train_examples']:g} training signals"
+        if "train_examples" in metrics
+        else "its training signals"
+    )
+    return (
+        f"`{name}`: training error {train:.4f} against held-out {heldout:.4f} "
+        f"({heldout / train:.1f}×): the generator fits {examples} far better than new "
+        "ones (overfitting). More data, a smaller generator, or choosing the epoch on a "
+        "validation split carved from the training data would tell."
+    )
 
 
 def capped(name: str, metrics: dict[str, float]) -> str | None:
@@ -240,12 +277,17 @@ def capped(name: str, metrics: dict[str, float]) -> str | None:
     if d is None or size is None or d >= size:
         return None
     n = metrics.get("train_examples")
-    why = (f"{n:g} training examples span at most {n - 1:g} dimensions (n − 1)"
-           if n is not None and d == n - 1 else "the signal has no more entries")
+    why = (
+        f"{n:g} training examples span at most {n - 1:g} dimensions (n − 1)"
+        if n is not None and d == n - 1
+        else "the signal has no more entries"
+    )
     sentence = f"`{name}`: PCA has d = {d:g} components, not ABP's latent size {size:g}: {why}."
     if "heldout_mae" not in metrics and metrics.get("pca_train_mae", 1) < 1e-6:
-        sentence += (" With d = n − 1 it reproduces every training signal exactly (error 0), "
-                     "and without a test split nothing tells it apart from a good model.")
+        sentence += (
+            " With d = n − 1 it reproduces every training signal exactly (error 0), "
+            "and without a test split nothing tells it apart from a good model."
+        )
     return sentence
 
 
@@ -254,31 +296,48 @@ def computed_notes(params: dict, found: dict[str, dict[str, float]]) -> list[str
     notes = []
     if found:
         beaten = [n for n, m in found.items() if losses(n, m, params) is None]
-        notes.append(f"ABP's error is below both baselines' in {len(beaten)} of {len(found)} "
-                     "evaluated experiments.")
+        notes.append(
+            f"ABP's error is below both baselines' in {len(beaten)} of {len(found)} "
+            "evaluated experiments."
+        )
     for name, metrics in found.items():
-        notes += [s for s in (losses(name, metrics, params), narrow_win(name, metrics, params),
-                              overfitting(name, metrics), capped(name, metrics)) if s]
+        notes += [
+            s
+            for s in (
+                losses(name, metrics, params),
+                narrow_win(name, metrics, params),
+                overfitting(name, metrics),
+                capped(name, metrics),
+            )
+            if s
+        ]
     blind = [n for n, m in found.items() if blind_baselines(n, m, params)]
     if blind:
         # With one operator A for all examples, what lies in A's null space never reaches a
         # linear model learned from the measurements: both baselines give A⁺y.
-        notes.append(", ".join(f"`{n}`" for n in blind) + ": PCA scores exactly as the mean "
-                     "signal does. Learned from measurements through one operator A shared by "
-                     "every example, a linear model never sees A's null space, so both recover "
-                     "A⁺y, the least-norm signal the measurements allow.")
+        notes.append(
+            ", ".join(f"`{n}`" for n in blind) + ": PCA scores exactly as the mean "
+            "signal does. Learned from measurements through one operator A shared by "
+            "every example, a linear model never sees A's null space, so both recover "
+            "A⁺y, the least-norm signal the measurements allow."
+        )
     missing = [n for n in params.get("experiments") or {} if n not in found]
     if missing:
-        notes.append("Not evaluated yet (no metrics file): "
-                     + ", ".join(f"`{n}`" for n in missing) + ".")
+        notes.append(
+            "Not evaluated yet (no metrics file): " + ", ".join(f"`{n}`" for n in missing) + "."
+        )
     return notes
 
 
 def tidy(bars: dict[str, dict[str, float]]) -> list[dict]:
     """One row per setting and method, in the chart's order: DVC's template draws the
     methods as bars side by side, one colour each."""
-    return [{"setting": label, "method": METHOD_NAMES[m], "error": scores[m]}
-            for label, scores in bars.items() for m in METHODS if m in scores]
+    return [
+        {"setting": label, "method": METHOD_NAMES[m], "error": scores[m]}
+        for label, scores in bars.items()
+        for m in METHODS
+        if m in scores
+    ]
 
 
 def bar_chart(bars: dict[str, dict[str, float]], title: str, path: Path) -> Path:
@@ -289,11 +348,18 @@ def bar_chart(bars: dict[str, dict[str, float]], title: str, path: Path) -> Path
     width = 0.8 / len(shown)
     for i, method in enumerate(shown):
         offset = (i - (len(shown) - 1) / 2) * width
-        ax.bar([p + offset for p in range(len(order))],
-               [bars[s].get(method, float("nan")) for s in order], width=width,
-               label=METHOD_NAMES[method])
-    ax.set_xticks(list(range(len(order))), order, rotation=30 if len(order) > 6 else 0,
-                  ha="right" if len(order) > 6 else "center")
+        ax.bar(
+            [p + offset for p in range(len(order))],
+            [bars[s].get(method, float("nan")) for s in order],
+            width=width,
+            label=METHOD_NAMES[method],
+        )
+    ax.set_xticks(
+        list(range(len(order))),
+        order,
+        rotation=30 if len(order) > 6 else 0,
+        ha="right" if len(order) > 6 else "center",
+    )
     ax.set(ylabel="mean |error| on [0, 1]", title=title)
     ax.legend()
     fig.tight_layout()
@@ -305,14 +371,20 @@ def bar_chart(bars: dict[str, dict[str, float]], title: str, path: Path) -> Path
 def comparison_table(dataset: str, section: str, bars: dict[str, dict[str, float]]) -> list[str]:
     """One of the paper's tables: a column per setting, a row per method."""
     order = list(bars)
-    lines = [f"## {dataset}: {SCORES[section][1]}", "",
-             "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+    lines = [
+        f"## {dataset}: {SCORES[section][1]}",
+        "",
+        "| | " + " | ".join(order) + " |",
+        "|---" * (len(order) + 1) + "|",
+    ]
     for method in [m for m in METHODS if any(m in bars[s] for s in order)]:
         cells = [cell(bars[s].get(method), False) for s in order]
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
     lost = [s for s in order if bars[s]["abp"] >= bars[s]["pca"]]
-    return lines + ["", f"ABP is below PCA in {len(order) - len(lost)} of {len(order)} "
-                    "settings" + (f"; not in {', '.join(lost)}." if lost else "."), ""]
+    verdict = f"ABP is below PCA in {len(order) - len(lost)} of {len(order)} settings" + (
+        f"; not in {', '.join(lost)}." if lost else "."
+    )
+    return [*lines, "", verdict, ""]
 
 
 def cell(value: float | None, best: bool) -> str:
@@ -322,31 +394,43 @@ def cell(value: float | None, best: bool) -> str:
     return f"**{text}**" if best else text
 
 
-def experiments_section(params: dict, found: dict[str, dict[str, float]], summary: dict,
-                        figures: Path, plots: Path) -> list[str]:
-    lines = ["## Every experiment", "",
-             ("Each experiment's held-out error where it has a test split, its training error "
-              "otherwise (over the hidden entries for occluded data); the lowest in bold."), "",
-             "| experiment | data | error | ABP | PCA | trivial | ABP training error |",
-             "|---|---|---|---|---|---|---|"]
+def experiments_section(
+    params: dict, found: dict[str, dict[str, float]], summary: dict, figures: Path, plots: Path
+) -> list[str]:
+    lines = [
+        "## Every experiment",
+        "",
+        (
+            "Each experiment's held-out error where it has a test split, its training error "
+            "otherwise (over the hidden entries for occluded data); the lowest in bold."
+        ),
+        "",
+        "| experiment | data | error | ABP | PCA | trivial | ABP training error |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, metrics in found.items():
         key = headline(metrics)
         scores = methods(metrics, key)
         lowest = min(scores.values())
-        d = (f" d={metrics['pca_components']:g} of {metrics['latent_size']:g}"
-             if "pca_components" in metrics and "latent_size" in metrics else "")
+        d = (
+            f" d={metrics['pca_components']:g} of {metrics['latent_size']:g}"
+            if "pca_components" in metrics and "latent_size" in metrics
+            else ""
+        )
         train_key = "train_hidden_mae" if "train_hidden_mae" in metrics else "train_mae"
         abp, pca, trivial = (cell(scores.get(m), scores.get(m) == lowest) for m in METHODS)
-        lines.append(f"| `{name}` | {experiment_config(name, params).dataset} | "
-                     f"{ERROR_NAMES[key]} | {abp} | {pca}{d} | {trivial} "
-                     f"({trivial_name(name, params).removeprefix('the ')}) | "
-                     f"{cell(metrics.get(train_key), False)} |")
+        lines.append(
+            f"| `{name}` | {experiment_config(name, params).dataset} | "
+            f"{ERROR_NAMES[key]} | {abp} | {pca}{d} | {trivial} "
+            f"({trivial_name(name, params).removeprefix('the ')}) | "
+            f"{cell(metrics.get(train_key), False)} |"
+        )
     if not found:
-        return lines + ["", "No experiment has been evaluated yet.", ""]
+        return [*lines, "", "No experiment has been evaluated yet.", ""]
     settings = {n: s[headline(found[n])] for n, s in summary["experiments"].items()}
     write_json(plots / "experiments.json", tidy(settings))
     bar_chart(settings, "every experiment against its baselines", figures / "experiments.png")
-    return lines + ["", "![every experiment](figures/experiments.png)", ""]
+    return [*lines, "", "![every experiment](figures/experiments.png)", ""]
 
 
 # Figure stems flows.evaluate writes, for images, video (_frames) and sound (_spectrograms).
@@ -358,13 +442,23 @@ OTHERS = ("reconstructions", "latent_grid", "large_texture")
 def experiment_figures(name: str, folder: Path) -> list[str]:
     """An experiment's figures: the truth beside the samples in a table (a generator's
     samples mean little without the data they imitate), then the rest one per line."""
+
     def image(stems: tuple[str, ...]) -> list[str]:
-        return [f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"
-                for stem in stems if (folder / "figures" / f"{stem}.png").is_file()]
+        return [
+            f"![{name} {stem}](experiments/{name}/figures/{stem}.png)"
+            for stem in stems
+            if (folder / "figures" / f"{stem}.png").is_file()
+        ]
+
     truth, samples, others = image(TRUTH), image(SAMPLES), image(OTHERS)
     if truth and samples:
-        return ["| truth | samples from the prior |", "|---|---|",
-                f"| {' '.join(truth)} | {' '.join(samples)} |", "", *others]
+        return [
+            "| truth | samples from the prior |",
+            "|---|---|",
+            f"| {' '.join(truth)} | {' '.join(samples)} |",
+            "",
+            *others,
+        ]
     return [*truth, *samples, *others]
 
 
@@ -372,36 +466,61 @@ def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]
     """Links to every experiment's PNG figures (the truth, sample grids from the prior, the
     d = 2 latent grid, larger textures, video frames, spectrograms, truth / observed / ABP /
     PCA) and to its mp4 and wav files."""
-    lines = ["## Qualitative results", "",
-             ("Rows of reconstruction figures are labelled: the truth, what the model saw "
-              "(occluded or compressed data), ABP's recovery and PCA's."), ""]
+    lines = [
+        "## Qualitative results",
+        "",
+        (
+            "Rows of reconstruction figures are labelled: the truth, what the model saw "
+            "(occluded or compressed data), ABP's recovery and PCA's."
+        ),
+        "",
+    ]
     for name in experiments:
         folder = reports_root / "experiments" / name
         shown = experiment_figures(name, folder)
-        heard = [f"[{p.name}](experiments/{name}/media/{p.name})"
-                 for p in sorted((folder / "media").glob("*")) if p.suffix in (".mp4", ".wav")]
+        heard = [
+            f"[{p.name}](experiments/{name}/media/{p.name})"
+            for p in sorted((folder / "media").glob("*"))
+            if p.suffix in (".mp4", ".wav")
+        ]
         if shown or heard:
             lines += [f"### {name}", "", *shown, ""]
             lines += ["Media: " + ", ".join(heard), ""] if heard else []
     return lines
 
 
-def write_outputs(params: dict, found: dict[str, dict[str, float]], reports_root: Path,
-                  metrics_root: Path, *, notes: str = "") -> dict:
+def write_outputs(
+    params: dict,
+    found: dict[str, dict[str, float]],
+    reports_root: Path,
+    metrics_root: Path,
+    *,
+    notes: str = "",
+) -> dict:
     """Write the summary, plots, figures and REPORT.md; return the summary."""
     summary, sources = summarise(params, found)
     figures, plots = reports_root / "figures", reports_root / "plots"
     figures.mkdir(parents=True, exist_ok=True)
-    lines = ["# ABP against its baselines", "",
-             ("Mean absolute error on the [0, 1] intensity scale (×255 in brackets); lower is "
-              "better. Both baselines learn from exactly the same (complete, occluded or "
-              "compressed) training data as ABP and keep what the data say, as ABP's recovery "
-              "does: PCA with as many components d as ABP's latent size, where the training "
-              "data allow it (at most one fewer than the training examples), and a trivial "
-              "baseline, the training mean signal (silence for sound)."), ""]
+    lines = [
+        "# ABP against its baselines",
+        "",
+        (
+            "Mean absolute error on the [0, 1] intensity scale (×255 in brackets); lower is "
+            "better. Both baselines learn from exactly the same (complete, occluded or "
+            "compressed) training data as ABP and keep what the data say, as ABP's recovery "
+            "does: PCA with as many components d as ABP's latent size, where the training "
+            "data allow it (at most one fewer than the training examples), and a trivial "
+            "baseline, the training mean signal (silence for sound)."
+        ),
+        "",
+    ]
     lines += experiments_section(params, found, summary, figures, plots)
-    lines += ["## Notes computed from the metrics", "",
-              *[f"- {note}" for note in computed_notes(params, found)], ""]
+    lines += [
+        "## Notes computed from the metrics",
+        "",
+        *[f"- {note}" for note in computed_notes(params, found)],
+        "",
+    ]
     if notes and notes.strip():
         lines += ["## Notes from params.yaml", "", notes.strip(), ""]
     for dataset, sections in summary.items():
@@ -411,12 +530,18 @@ def write_outputs(params: dict, found: dict[str, dict[str, float]], reports_root
             ordered = columns(dataset, section, settings, sources)
             bars = {setting.label: settings[setting.key] for setting, _ in ordered}
             write_json(plots / f"{dataset}_{section}.json", tidy(bars))
-            figure = bar_chart(bars, f"{dataset}: {SCORES[section][1]}",
-                               figures / f"{dataset}_{section}.png")
+            figure = bar_chart(
+                bars, f"{dataset}: {SCORES[section][1]}", figures / f"{dataset}_{section}.png"
+            )
             lines += comparison_table(dataset, section, bars)
-            lines += [f"![{dataset} {section}](figures/{figure.name})", "",
-                      "Experiments: " + ", ".join(f"`{name}`" for _, name in ordered)
-                      + " (figures of each under `experiments/<experiment>/figures/`).", ""]
+            lines += [
+                f"![{dataset} {section}](figures/{figure.name})",
+                "",
+                "Experiments: "
+                + ", ".join(f"`{name}`" for _, name in ordered)
+                + " (figures of each under `experiments/<experiment>/figures/`).",
+                "",
+            ]
     lines += qualitative_section(list(params.get("experiments") or {}), reports_root)
     write_json(metrics_root / "summary.json", summary)
     report = reports_root / "REPORT.md"
@@ -438,7 +563,10 @@ def plots_page(out: Path, template: Path = PAGE_TEMPLATE) -> Path:
     except ImportError:
         pass
     else:  # Vega-Lite 5, the version of the specs DVC writes; it sets window.vegaEmbed
-        bundle = vl_convert.javascript_bundle(vl_version="5.21")
+        # The stub marks `snippet` required, but it is optional at run time (signature
+        # `(snippet=None, vl_version=None)`; None means the default snippet that sets the
+        # globals, as the docstring says), and that default is what this page needs.
+        bundle = vl_convert.javascript_bundle(vl_version="5.21")  # type: ignore[call-arg]
         page = page.replace("{scripts}", f'<script type="text/javascript">{bundle}</script>')
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
@@ -446,12 +574,20 @@ def plots_page(out: Path, template: Path = PAGE_TEMPLATE) -> Path:
 
 
 @flow(name="report", flow_run_name="report")
-def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROOT),
-           metrics_root: str = str(METRICS_ROOT)) -> dict:
+def report(
+    params_file: str = "params.yaml",
+    reports_root: str = str(REPORTS_ROOT),
+    metrics_root: str = str(METRICS_ROOT),
+) -> dict:
     params = load_params(Path(params_file))
     found = read_metrics(params, Path(metrics_root))
-    summary = write_outputs(params, found, Path(reports_root), Path(metrics_root),
-                            notes=(params.get("report") or {}).get("notes") or "")
+    summary = write_outputs(
+        params,
+        found,
+        Path(reports_root),
+        Path(metrics_root),
+        notes=(params.get("report") or {}).get("notes") or "",
+    )
     get_run_logger().info("summary: %s", json.dumps(summary))
     return summary
 
@@ -459,13 +595,21 @@ def report(params_file: str = "params.yaml", reports_root: str = str(REPORTS_ROO
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--reports-root", default=str(REPORTS_ROOT),
-                        help="REPORT.md, figures/ and plots/ go there")
-    parser.add_argument("--metrics-root", default=str(METRICS_ROOT),
-                        help="reads <root>/experiments/*.json, writes <root>/summary.json")
-    parser.add_argument("--plots-page", type=Path, metavar="PATH",
-                        help="only write the page template for `dvc plots show "
-                             "--html-template PATH` (make plots), and stop")
+    parser.add_argument(
+        "--reports-root", default=str(REPORTS_ROOT), help="REPORT.md, figures/ and plots/ go there"
+    )
+    parser.add_argument(
+        "--metrics-root",
+        default=str(METRICS_ROOT),
+        help="reads <root>/experiments/*.json, writes <root>/summary.json",
+    )
+    parser.add_argument(
+        "--plots-page",
+        type=Path,
+        metavar="PATH",
+        help="only write the page template for `dvc plots show "
+        "--html-template PATH` (make plots), and stop",
+    )
     args = parser.parse_args(argv)
     if args.plots_page:
         plots_page(args.plots_page)
@@ -473,8 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_params(Path(args.params))
         with prefect_server_for_this_process():
-            report(params_file=args.params, reports_root=args.reports_root,
-                   metrics_root=args.metrics_root)
+            report(
+                params_file=args.params,
+                reports_root=args.reports_root,
+                metrics_root=args.metrics_root,
+            )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +34,27 @@ import torch
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.exceptions import TerminationSignal
 from prefect.states import Failed
 from tqdm import tqdm
 
 from abp.datasets import DataError
-from abp.files import remove_stale_partials
 from abp.divergence import DivergenceError, risky_settings
+from abp.evaluate import sample_latents
+from abp.files import remove_stale_partials, save_tensors, write_json
+from abp.models import save_generator
 from abp.train import ABPConfig, ABPTrainer, Checkpointer, default_device
 from flows import tracking
 from flows.config import ConfigError
-from flows.experiment import (MODELS_ROOT, PREPARED_ROOT, Experiment, experiment_arguments,
-                              load_experiment, save_tensor_file, write_json)
+from flows.experiment import Experiment, load_experiment
 from flows.locks import FolderLocked, exclusive
-from flows.process import prefect_server_for_this_process, run_command
 from flows.mlflow_http import HttpLimits, process_http_limits
+from flows.paths import MODELS_ROOT, PREPARED_ROOT, experiment_arguments
+from flows.process import prefect_server_for_this_process, run_command
 from flows.recorder import TrackingRecorder, end_run
-from flows.system_metrics import SystemMetricsSampler
 from flows.samples import log_media
+from flows.system_metrics import SystemMetricsSampler
 
 # A retry after divergence halves the culprit: the step size when the chains blew up, the
 # learning rate when the weights did.
@@ -73,17 +77,19 @@ def read_checkpoint(path: Path, experiment: str) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not {"epoch", "generator", "latent_bank"} <= set(state):
             raise ValueError("not a training checkpoint")
-    except Exception as error:  # truncated archive, garbage, refused unpickling, …
+    except Exception as error:  # noqa: BLE001 - truncated archive, garbage, refused unpickling, …
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(
             f"{path} cannot be read ({reason}): the checkpoint is damaged. Start {experiment} "
             f"afresh with `python -m flows.train {experiment} --restart` (the damaged file is "
-            "kept beside it, renamed), or delete the file and run again.") from None
+            "kept beside it, renamed), or delete the file and run again."
+        ) from None
     return state
 
 
-def _resumable_state(path: Path, experiment: str, fingerprint: str,
-                     epochs: int) -> dict[str, Any] | None:
+def _resumable_state(
+    path: Path, experiment: str, fingerprint: str, epochs: int
+) -> dict[str, Any] | None:
     """The checkpoint's state if training can continue from it: same settings and data, and
     not past the epochs asked for."""
     if not path.is_file():
@@ -101,8 +107,8 @@ def set_aside(path: Path, label: str) -> Path:
     return target
 
 
-def _abp_config(exp: Experiment, retuned: dict[str, float] | None) -> ABPConfig:
-    return ABPConfig(**{**exp.cfg.abp.model_dump(), **(retuned or {})})
+def _abp_config(exp: Experiment, retuned: dict[str, Any] | None) -> ABPConfig:
+    return replace(exp.cfg.abp, **(retuned or {}))
 
 
 class EpochRecorder:
@@ -111,21 +117,30 @@ class EpochRecorder:
     from epoch to epoch). The records go through a TrackingRecorder: a tracking server that
     is away delays them, it never stops the training."""
 
-    def __init__(self, exp: Experiment, trainer: ABPTrainer, progress: tqdm,
-                 recorder: TrackingRecorder | None):
+    def __init__(
+        self,
+        exp: Experiment,
+        trainer: ABPTrainer,
+        progress: tqdm,
+        recorder: TrackingRecorder | None,
+    ):
         self.exp, self.progress, self.recorder = exp, progress, recorder
-        rng = torch.Generator(trainer.device).manual_seed(12345)
-        self.fixed_z = trainer.generator.sample_latent(exp.cfg.evaluation.n_samples, rng=rng)
-        self.media_options = {k: exp.manifest[k] for k in ("fps", "sample_rate") if k in exp.manifest}
+        # The very latents evaluation's samples figure is made from, on every device.
+        self.fixed_z = sample_latents(trainer.generator, exp.cfg.evaluation.n_samples)
+        self.media_options = {
+            k: exp.manifest[k] for k in ("fps", "sample_rate") if k in exp.manifest
+        }
 
     def __call__(self, trainer: ABPTrainer, stats: dict[str, float]) -> None:
         self.progress.update(trainer.epoch - self.progress.n)  # a retry may go back
-        self.progress.set_postfix(refresh=False, energy=f"{stats['energy']:.2f}",
-                                  mse=f"{stats['reconstruction_mse']:.4f}")
+        self.progress.set_postfix(
+            refresh=False, energy=f"{stats['energy']:.2f}", mse=f"{stats['reconstruction_mse']:.4f}"
+        )
         if self.recorder is None:
             return
-        self.recorder.log_metrics({k: v for k, v in stats.items() if k != "epoch"},
-                                  step=trainer.epoch)
+        self.recorder.log_metrics(
+            {k: v for k, v in stats.items() if k != "epoch"}, step=trainer.epoch
+        )
         training = self.exp.cfg.training
         if trainer.epoch % training.media_every == 0 or trainer.epoch == training.epochs:
             self.log_samples(trainer)
@@ -137,16 +152,23 @@ class EpochRecorder:
             return
         with torch.no_grad():
             samples = trainer.generator(self.fixed_z)
-        log_media(samples, self.exp.kind, "samples", trainer.epoch, self.recorder,
-                  **self.media_options)
+        log_media(
+            samples, self.exp.kind, "samples", trainer.epoch, self.recorder, **self.media_options
+        )
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def log_run_start(exp: Experiment, device: torch.device) -> None:
     mlflow.log_params(tracking.experiment_params(exp))
-    mlflow.set_tags({"device": str(device), "git_commit": tracking.git_commit(),
-                     "dvc_stage": f"train@{exp.name}", "prefect_flow_run_id": str(runtime.flow_run.id),
-                     "dataset_kind": exp.kind})
+    mlflow.set_tags(
+        {
+            "device": str(device),
+            "git_commit": tracking.git_commit(),
+            "dvc_stage": f"train@{exp.name}",
+            "prefect_flow_run_id": str(runtime.flow_run.id),
+            "dataset_kind": exp.kind,
+        }
+    )
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -157,12 +179,21 @@ def log_data_seen(exp: Experiment) -> None:
     covers them, allowed the resume)."""
     mlflow.set_tags({"experiment": exp.name, "data_digest": tracking.data_digest(exp.manifest)})
     run = mlflow.active_run()
-    if not mlflow.get_run(run.info.run_id).inputs.dataset_inputs:
+    assert run is not None  # the task runs inside the training's run
+    inputs = mlflow.get_run(run.info.run_id).inputs
+    if inputs is None or not inputs.dataset_inputs:
         tracking.log_dataset(exp.cfg.dataset, exp.manifest, exp.data_folder)
 
 
-def fit_with_retries(exp: Experiment, trainer: ABPTrainer, callbacks: list, saver: Checkpointer,
-                     checkpoint: Path, recorder: TrackingRecorder | None, logger) -> None:
+def fit_with_retries(
+    exp: Experiment,
+    trainer: ABPTrainer,
+    callbacks: list,
+    saver: Checkpointer,
+    checkpoint: Path,
+    recorder: TrackingRecorder | None,
+    logger,
+) -> None:
     """trainer.fit, and on divergence, while `training.divergence_retries` allows (counted
     across reruns), continue from the last good checkpoint with the suspect setting halved.
     The lowered setting is saved with the checkpoint at once, so a rerun keeps it."""
@@ -182,16 +213,28 @@ def fit_with_retries(exp: Experiment, trainer: ABPTrainer, callbacks: list, save
             trainer.save_checkpoint(checkpoint, extra=saver.extra)
             if recorder is not None:
                 recorder.set_tag(f"retuned.{error.setting}", retuned[error.setting])
-            logger.warning("%s\nRetry %d of %d: from the checkpoint at epoch %d with %s %g "
-                           "(was %g; training.divergence_retries)", error, used + 1,
-                           exp.cfg.training.divergence_retries, trainer.epoch, error.setting,
-                           retuned[error.setting], was)
+            logger.warning(
+                "%s\nRetry %d of %d: from the checkpoint at epoch %d with %s %g "
+                "(was %g; training.divergence_retries)",
+                error,
+                used + 1,
+                exp.cfg.training.divergence_retries,
+                trainer.epoch,
+                error.setting,
+                retuned[error.setting],
+                was,
+            )
 
 
 @flow(name="train", flow_run_name="train {experiment}")
-def train(experiment: str, params_file: str = "params.yaml",
-          prepared_root: str = str(PREPARED_ROOT), models_root: str = str(MODELS_ROOT)) -> dict[str, Any]:
-    """Train the experiment; return where its outputs are and its final statistics."""
+def train(
+    experiment: str,
+    params_file: str = "params.yaml",
+    prepared_root: str = str(PREPARED_ROOT),
+    models_root: str = str(MODELS_ROOT),
+) -> dict[str, Any] | State:
+    """Train the experiment; return where its outputs are and its final statistics (or, on
+    a failure the user can act on, a Failed state with the diagnosis)."""
     try:
         return _train(experiment, params_file, prepared_root, models_root)
     except (DivergenceError, CheckpointError, DataError) as error:
@@ -200,7 +243,9 @@ def train(experiment: str, params_file: str = "params.yaml",
         return Failed(message=str(error), data=error)
 
 
-def _train(experiment: str, params_file: str, prepared_root: str, models_root: str) -> dict[str, Any]:
+def _train(
+    experiment: str, params_file: str, prepared_root: str, models_root: str
+) -> dict[str, Any]:
     logger = get_run_logger()
     exp = load_experiment(experiment, Path(params_file), Path(prepared_root), Path(models_root))
     checkpoint = exp.model_folder / "checkpoints" / "last.pt"
@@ -208,22 +253,45 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
     resume = _resumable_state(checkpoint, experiment, fingerprint, exp.cfg.training.epochs)
     if checkpoint.is_file() and not resume:
         kept = set_aside(checkpoint, "previous")
-        logger.info("not resuming %s: it is from other settings, data or more epochs (kept as "
-                    "%s)", checkpoint, kept.name)
-    extra = {"fingerprint": fingerprint, **{k: v for k, v in (resume or {}).get("extra", {}).items()
-                                            if k in ("retuned", "retries_used")}}
+        logger.info(
+            "not resuming %s: it is from other settings, data or more epochs (kept as %s)",
+            checkpoint,
+            kept.name,
+        )
+    extra = {
+        "fingerprint": fingerprint,
+        **{
+            k: v
+            for k, v in (resume or {}).get("extra", {}).items()
+            if k in ("retuned", "retries_used")
+        },
+    }
     generator = exp.build_generator()
-    _, y, observation = exp.split("train")
+    train_split = exp.split("train")
+    y = train_split.y
     device = default_device()
-    trainer = ABPTrainer(generator, y, _abp_config(exp, extra.get("retuned")),
-                         observation=observation, device=device)
-    logger.info("training %s on %s: %d examples of shape %s, %d parameters", experiment, device,
-                len(y), exp.signal_shape, sum(p.numel() for p in generator.parameters()))
+    trainer = ABPTrainer(
+        generator,
+        y,
+        _abp_config(exp, extra.get("retuned")),
+        execution=exp.cfg.execution,
+        observation=train_split.observation,
+        device=device,
+    )
+    logger.info(
+        "training %s on %s: %d examples of shape %s, %d parameters",
+        experiment,
+        device,
+        len(y),
+        exp.signal_shape,
+        sum(p.numel() for p in generator.parameters()),
+    )
     for warning in risky_settings(trainer.config):
         logger.warning("experiments.%s.abp: %s", experiment, warning)
     if "retuned" in extra:
-        logger.warning("continuing with settings lowered by an earlier divergence retry: %s",
-                       extra["retuned"])
+        logger.warning(
+            "continuing with settings lowered by an earlier divergence retry: %s", extra["retuned"]
+        )
 
     run = _open_run(exp, resume)
     extra["mlflow_run_id"] = run.info.run_id
@@ -246,8 +314,14 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
         started = time.perf_counter()
         # Off a terminal (under DVC, in CI logs) redraw rarely instead of flooding the log.
         training = exp.cfg.training
-        with tqdm(total=training.epochs, initial=trainer.epoch, desc=experiment, unit="epoch",
-                  file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 15) as progress:
+        with tqdm(
+            total=training.epochs,
+            initial=trainer.epoch,
+            desc=experiment,
+            unit="epoch",
+            file=sys.stderr,
+            mininterval=0.1 if sys.stderr.isatty() else 15,
+        ) as progress:
             epoch_recorder = EpochRecorder(exp, trainer, progress, recorder)
             if not resume:  # a resumed run has its step 0 already
                 epoch_recorder.log_samples(trainer)
@@ -255,8 +329,11 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
             fit_with_retries(exp, trainer, callbacks, saver, checkpoint, recorder, logger)
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
         summary = _write_outputs(exp, trainer, run, recorder, logger)
-        summary.update(train_seconds=time.perf_counter() - started, fingerprint=fingerprint,
-                       retuned=saver.extra.get("retuned", {}))
+        summary.update(
+            train_seconds=time.perf_counter() - started,
+            fingerprint=fingerprint,
+            retuned=saver.extra.get("retuned", {}),
+        )
         write_json(exp.model_folder / "mlflow_run.json", summary)
         status = "FINISHED"
     except DivergenceError as error:
@@ -274,19 +351,21 @@ def _train(experiment: str, params_file: str, prepared_root: str, models_root: s
         else:
             # The status goes after every record, kept on disk with them if the server is
             # away; an interrupted run waits little (what is not sent stays in the spool).
-            end_run(recorder, status,
-                    wait_seconds=2 if status == "KILLED" else FLUSH_WAIT_SECONDS)
+            end_run(recorder, status, wait_seconds=2 if status == "KILLED" else FLUSH_WAIT_SECONDS)
 
     link = tracking.run_link(run.info.run_id, run.info.experiment_id)
     create_markdown_artifact(
         key=f"train-{experiment}".lower().replace("_", "-"),
-        markdown=(f"# Training {experiment}\n\n| | |\n|---|---|\n"
-                  f"| data set | {exp.cfg.dataset} ({exp.kind}, {len(y)} examples) |\n"
-                  f"| device | {device} |\n| epochs | {trainer.epoch} |\n"
-                  f"| final energy | {summary['energy']:.3f} |\n"
-                  f"| reconstruction mse | {summary['reconstruction_mse']:.5f} |\n"
-                  f"| time | {summary['train_seconds']:.1f} s |\n| MLflow run | {link} |\n"),
-        description=f"ABP training of {experiment}")
+        markdown=(
+            f"# Training {experiment}\n\n| | |\n|---|---|\n"
+            f"| data set | {exp.cfg.dataset} ({exp.kind}, {len(y)} examples) |\n"
+            f"| device | {device} |\n| epochs | {trainer.epoch} |\n"
+            f"| final energy | {summary['energy']:.3f} |\n"
+            f"| reconstruction mse | {summary['reconstruction_mse']:.5f} |\n"
+            f"| time | {summary['train_seconds']:.1f} s |\n| MLflow run | {link} |\n"
+        ),
+        description=f"ABP training of {experiment}",
+    )
     return summary
 
 
@@ -297,21 +376,23 @@ def _open_run(exp: Experiment, resume: dict[str, Any] | None):
     run_id = resume["extra"].get("mlflow_run_id") if resume else None
     if run_id and not tracking.run_exists(run_id):
         run_id = None  # the tracking store was reset: record the continuation as a new run
-    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else mlflow_experiment,
-                            run_name=None if run_id else f"{exp.name}-{exp.kind}-abp",
-                            description=f"ABP on {exp.cfg.dataset} ({exp.kind}), params.yaml "
-                                        f"experiments.{exp.name}",
-                            log_system_metrics=False)  # MLflow's monitor stalls in outages
+    return mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else mlflow_experiment,
+        run_name=None if run_id else f"{exp.name}-{exp.kind}-abp",
+        description=f"ABP on {exp.cfg.dataset} ({exp.kind}), params.yaml experiments.{exp.name}",
+        log_system_metrics=False,
+    )  # MLflow's monitor stalls in outages
 
 
-def _write_outputs(exp: Experiment, trainer: ABPTrainer, run, recorder: TrackingRecorder | None,
-                   logger) -> dict[str, Any]:
+def _write_outputs(
+    exp: Experiment, trainer: ABPTrainer, run, recorder: TrackingRecorder | None, logger
+) -> dict[str, Any]:
     """The generator, latent bank and history under models/<experiment>/, and into MLflow;
     returns the run summary for mlflow_run.json."""
     out = exp.model_folder
-    save_tensor_file({"config": trainer.generator.config,
-                      "state_dict": trainer.generator.state_dict()}, out / "generator.pt")
-    save_tensor_file(trainer.latent_bank.latents.cpu(), out / "latent_bank.pt")
+    save_generator(trainer.generator, out / "generator.pt")
+    save_tensors(trainer.latent_bank.latents.cpu(), out / "latent_bank.pt")
     write_json(out / "history.json", trainer.history)
     model_uri = None
     if recorder is not None:
@@ -320,18 +401,28 @@ def _write_outputs(exp: Experiment, trainer: ABPTrainer, run, recorder: Tracking
         if recorder.flush(wait_seconds=FLUSH_WAIT_SECONDS):
             try:
                 with process_http_limits(MODEL_UPLOAD_LIMITS):
-                    model_uri = tracking.log_model(trainer.generator,
-                                                   tuple(trainer.generator.latent_shape))
+                    model_uri = tracking.log_model(
+                        trainer.generator, tuple(trainer.generator.latent_shape)
+                    )
             except Exception as error:  # noqa: BLE001 - the model is on disk; evaluation logs it
-                logger.warning("the generator could not be logged as an MLflow model (%s); "
-                               "evaluation logs it", str(error).splitlines()[0][:200])
+                logger.warning(
+                    "the generator could not be logged as an MLflow model (%s); evaluation logs it",
+                    str(error).splitlines()[0][:200],
+                )
         else:
-            logger.warning("the tracking server is away: the generator is not logged as an "
-                           "MLflow model now (evaluation logs it when the server is back)")
-    return {"experiment": exp.name, "mlflow_run_id": run.info.run_id,
-            "mlflow_experiment_id": run.info.experiment_id, "model_uri": model_uri,
-            "device": str(trainer.device), "epochs": trainer.epoch,
-            **{k: trainer.history[-1][k] for k in ("energy", "reconstruction_mse")}}
+            logger.warning(
+                "the tracking server is away: the generator is not logged as an "
+                "MLflow model now (evaluation logs it when the server is back)"
+            )
+    return {
+        "experiment": exp.name,
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_experiment_id": run.info.experiment_id,
+        "model_uri": model_uri,
+        "device": str(trainer.device),
+        "epochs": trainer.epoch,
+        **{k: trainer.history[-1][k] for k in ("energy", "reconstruction_mse")},
+    }
 
 
 def check_writable(folder: Path) -> None:
@@ -341,26 +432,34 @@ def check_writable(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder / "checkpoints", prefix=".probe-"):
             pass
     except OSError as error:
-        raise ConfigError(f"cannot write to {folder}: {error.strerror or error}; the training "
-                          "keeps its checkpoints and outputs there. Make it writable, or pass "
-                          "--models-root") from None
+        raise ConfigError(
+            f"cannot write to {folder}: {error.strerror or error}; the training "
+            "keeps its checkpoints and outputs there. Make it writable, or pass "
+            "--models-root"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = experiment_arguments(__doc__.splitlines()[0])
-    parser.add_argument("--restart", action="store_true",
-                        help="start afresh: set the checkpoint aside (renamed, kept) instead "
-                             "of resuming it, e.g. when it is damaged")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh: set the checkpoint aside (renamed, kept) instead "
+        "of resuming it, e.g. when it is damaged",
+    )
     args = parser.parse_args(argv)
     try:
         # Settings, data, folders and the tracking store are checked before Prefect or
         # MLflow start: fail fast, with the file or key named.
-        exp = load_experiment(args.experiment, Path(args.params), Path(args.prepared_root),
-                              Path(args.models_root))
+        exp = load_experiment(
+            args.experiment, Path(args.params), Path(args.prepared_root), Path(args.models_root)
+        )
         exp.build_generator()
         if not tracking.is_main_process():
-            raise ConfigError(f"RANK={os.environ['RANK']}: training in several processes is not "
-                              "supported yet; run one process")
+            raise ConfigError(
+                f"RANK={os.environ['RANK']}: training in several processes is not "
+                "supported yet; run one process"
+            )
         check_writable(exp.model_folder)
         tracking.check_reachable(tracking.configure())
         with exclusive(exp.model_folder, f"a training of {args.experiment}"):
@@ -371,10 +470,20 @@ def main(argv: list[str] | None = None) -> int:
                 kept = set_aside(checkpoint, "restarted")
                 print(f"--restart: {checkpoint} set aside as {kept.name}", file=sys.stderr)
             with prefect_server_for_this_process():
-                train(args.experiment, params_file=args.params, prepared_root=args.prepared_root,
-                      models_root=args.models_root)
-    except (ConfigError, FileNotFoundError, FolderLocked, CheckpointError, DataError,
-            tracking.TrackingUnavailable) as error:
+                train(
+                    args.experiment,
+                    params_file=args.params,
+                    prepared_root=args.prepared_root,
+                    models_root=args.models_root,
+                )
+    except (
+        ConfigError,
+        FileNotFoundError,
+        FolderLocked,
+        CheckpointError,
+        DataError,
+        tracking.TrackingUnavailable,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except DivergenceError as error:

@@ -3,17 +3,9 @@
 import pytest
 import torch
 
+from abp.baselines import PCA, linear_baseline, pca_from_observations, pca_size, recover_with_pca
 from abp.energy import energy
-from abp.evaluate import (
-    PCA,
-    linear_baseline,
-    mean_absolute_error,
-    most_probable_latents,
-    pca_from_observations,
-    pca_size,
-    recover_with_pca,
-    scored,
-)
+from abp.evaluate import Split, mean_absolute_error, most_probable_latents, scored
 from abp.models import LinearGenerator
 from abp.observe import Identity, LocalAverage, Mask, Projection
 
@@ -34,18 +26,23 @@ def test_mean_absolute_error_is_on_the_unit_scale_and_counts_only_selected_entri
 def test_pca_reconstructs_data_of_exact_rank_d_exactly():
     rng = torch.Generator().manual_seed(0)
     basis = torch.randn(3, 1 * 4 * 4, generator=rng)
+
     def rank3(n):
         return (torch.randn(n, 3, generator=rng) @ basis + 0.2).view(n, 1, 4, 4)
+
     train, test = rank3(50), rank3(10)
     torch.testing.assert_close(PCA(3).fit(train).reconstruct(test), test, atol=1e-5, rtol=0)
     assert mean_absolute_error(PCA(2).fit(train).reconstruct(test), test) > 1e-2
 
 
-@pytest.mark.parametrize("make_operator", [
-    lambda shape: Projection.gaussian(12, shape, seed=0),
-    lambda shape: LocalAverage(2),
-    lambda shape: Identity(),
-])
+@pytest.mark.parametrize(
+    "make_operator",
+    [
+        lambda shape: Projection.gaussian(12, shape, seed=0),
+        lambda shape: LocalAverage(2),
+        lambda shape: Identity(),
+    ],
+)
 def test_pseudo_inverse_is_a_right_inverse(make_operator):
     shape = (1, 4, 4)
     op = make_operator(shape)
@@ -59,8 +56,13 @@ def test_missing_data_pca_recovers_hidden_entries_of_low_rank_data():
     x = (torch.randn(200, 3, generator=rng) @ basis).view(200, 1, 8, 8)
     mask = (torch.rand(200, 1, 8, 8, generator=rng) > 0.4).float()
     op = Mask(mask)
-    _, x_hat = pca_from_observations(op(x), forward=op, n_components=3, n_iter=200,
-                                     back_project=lambda r: op.pseudo_inverse(r, (1, 8, 8)))
+    _, x_hat = pca_from_observations(
+        op(x),
+        forward=op,
+        n_components=3,
+        n_iter=200,
+        back_project=lambda r: op.pseudo_inverse(r, (1, 8, 8)),
+    )
     hidden = mask == 0
     assert (x_hat - x)[hidden].abs().mean() < 0.02 * x.abs().mean()
     assert torch.equal(x_hat[~hidden], x[~hidden])  # observed entries are kept
@@ -73,7 +75,10 @@ def test_compressed_pca_stays_consistent_with_the_measurements():
     basis = torch.randn(3, 64, generator=rng)
     x = (torch.randn(300, 3, generator=rng) @ basis).view(300, 1, 8, 8)
     op = Projection.gaussian(32, (1, 8, 8), seed=3)
-    back = lambda r: op.pseudo_inverse(r, (1, 8, 8))
+
+    def back(r):
+        return op.pseudo_inverse(r, (1, 8, 8))
+
     pca, x_hat = pca_from_observations(op(x), forward=op, back_project=back, n_components=3)
     torch.testing.assert_close(op(x_hat), op(x), atol=1e-3, rtol=0)
     least_norm = back(op(x))
@@ -91,16 +96,17 @@ def linear_generator(latent_dim: int, size: int, seed: int) -> LinearGenerator:
 def exact_map(generator: LinearGenerator, y: torch.Tensor, sigma: float) -> torch.Tensor:
     """argmin ||y − Wz − b||²/(2σ²) + ||z||²/2 = (WᵀW/σ² + I)⁻¹Wᵀ(y − b)/σ²."""
     w, b = generator.weight.detach().double(), generator.bias.detach().double()
-    precision = w.T @ w / sigma ** 2 + torch.eye(w.shape[1], dtype=torch.float64)
+    precision = w.T @ w / sigma**2 + torch.eye(w.shape[1], dtype=torch.float64)
     residual = y.flatten(1).double() - b
-    return torch.linalg.solve(precision, w.T @ residual.T / sigma ** 2).T.float()
+    return torch.linalg.solve(precision, w.T @ residual.T / sigma**2).T.float()
 
 
 def test_most_probable_latents_reach_the_exact_map_and_stop_once_converged():
     generator = linear_generator(3, 12, seed=0)
     y = generator(torch.randn(20, 3)).detach() + 0.1 * torch.randn(20, 1, 12)
-    z, steps = most_probable_latents(generator, y, torch.zeros(20, 3), sigma=0.5,
-                                     step_size=0.3, max_steps=2000, tolerance=1e-7)
+    z, steps = most_probable_latents(
+        generator, y, torch.zeros(20, 3), sigma=0.5, step_size=0.3, max_steps=2000, tolerance=1e-7
+    )
     torch.testing.assert_close(z, exact_map(generator, y, 0.5), atol=2e-3, rtol=0)
     assert steps.shape == (20,) and 0 < steps.max() < 2000  # stopped on its own
     assert all(p.requires_grad for p in generator.parameters())  # weights untouched
@@ -113,8 +119,9 @@ def test_the_batch_size_does_not_change_the_latents_and_a_stop_never_spreads():
     y = generator(torch.randn(10, 4)).detach()
     options = {"sigma": 0.3, "step_size": 0.2, "max_steps": 300, "tolerance": 1e-4}
     whole, whole_steps = most_probable_latents(generator, y, torch.zeros(10, 4), **options)
-    batched, batched_steps = most_probable_latents(generator, y, torch.zeros(10, 4),
-                                                   batch_size=3, **options)
+    batched, batched_steps = most_probable_latents(
+        generator, y, torch.zeros(10, 4), batch_size=3, **options
+    )
     alone, alone_steps = most_probable_latents(generator, y[1:2], torch.zeros(1, 4), **options)
     torch.testing.assert_close(batched, whole, atol=1e-6, rtol=0)
     assert torch.equal(batched_steps, whole_steps)
@@ -130,8 +137,9 @@ def test_an_overshooting_descent_returns_the_lowest_energy_latent_it_visited():
     # s²/2 · curvature > 2: every step overshoots further; the start is the best visited.
     z, _ = most_probable_latents(generator, y, start, sigma=0.05, step_size=1.0, max_steps=30)
     with torch.no_grad():
-        assert torch.all(energy(generator, z, y, sigma=0.05)
-                         <= energy(generator, start, y, sigma=0.05))
+        assert torch.all(
+            energy(generator, z, y, sigma=0.05) <= energy(generator, start, y, sigma=0.05)
+        )
     assert torch.isfinite(z).all()
 
 
@@ -150,8 +158,9 @@ def test_pca_with_no_components_is_the_training_mean_and_a_constant_predicts_its
     assert torch.equal(silence.reconstruct(x), torch.zeros_like(x))
     mask = (torch.rand(30, 1, 4, 4) > 0.5).float()
     op = Mask(mask)
-    kept = recover_with_pca(silence, op(x), forward=op,
-                            back_project=lambda r: op.pseudo_inverse(r, (1, 4, 4)))
+    kept = recover_with_pca(
+        silence, op(x), forward=op, back_project=lambda r: op.pseudo_inverse(r, (1, 4, 4))
+    )
     assert torch.equal(kept, x * mask)  # the observed entries, silence in the gaps
 
 
@@ -160,32 +169,37 @@ def test_the_trivial_baseline_learned_from_occluded_data_is_the_mean_of_what_is_
     x = torch.randn(40, 1, 3, 3) + torch.arange(9.0).view(1, 1, 3, 3)
     mask = torch.rand(40, 1, 3, 3) > 0.9  # 90 % hidden, the slowest case for the imputation
     mask[0] = True  # every entry observed at least once
-    train = ({"x": x, "mask": mask}, x * mask, Mask(mask.float()))
-    test = ({"x": x[:5], "mask": mask[:5]}, x[:5] * mask[:5], Mask(mask[:5].float()))
-    fitted, recovered = linear_baseline(0, (1, 3, 3), train, test)
+    train = Split(x, x * mask, Mask(mask.float()), mask)
+    test = Split(x[:5], x[:5] * mask[:5], Mask(mask[:5].float()), mask[:5])
+    fitted, recovered = linear_baseline(0, train, test)
     observed_mean = (x * mask).sum(0) / mask.sum(0)
     expected = torch.where(mask, x, observed_mean)
     torch.testing.assert_close(fitted, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(recovered, expected[:5], atol=1e-4, rtol=0)
-    found = scored("trivial_", fitted, recovered, train[0], test[0])
-    assert set(found) == {"trivial_train_mae", "trivial_train_hidden_mae",
-                          "trivial_heldout_mae", "trivial_heldout_hidden_mae"}
+    found = scored("trivial_", fitted, recovered, train, test)
+    assert set(found) == {
+        "trivial_train_mae",
+        "trivial_train_hidden_mae",
+        "trivial_heldout_mae",
+        "trivial_heldout_hidden_mae",
+    }
 
 
 def test_linear_baselines_on_complete_data_project_and_on_measurements_agree_with_them():
     torch.manual_seed(4)
     basis = torch.randn(2, 16)
     x = (torch.randn(50, 2) @ basis).view(50, 1, 4, 4)
-    complete = ({"x": x[:40]}, x[:40], Identity()), ({"x": x[40:]}, x[40:], Identity())
-    fitted, recovered = linear_baseline(2, (1, 4, 4), *complete)
+    complete = Split(x[:40], x[:40], Identity()), Split(x[40:], x[40:], Identity())
+    fitted, recovered = linear_baseline(2, *complete)
     torch.testing.assert_close(fitted, x[:40], atol=1e-4, rtol=0)  # rank 2: exact
     torch.testing.assert_close(recovered, x[40:], atol=1e-4, rtol=0)
-    no_test = ({"x": x[:0]}, x[:0], Identity())
-    assert linear_baseline(2, (1, 4, 4), complete[0], no_test)[1] is None
+    no_test = Split(x[:0], x[:0], Identity())
+    assert linear_baseline(2, complete[0], no_test)[1] is None
+    assert linear_baseline(2, complete[0], None)[1] is None
     op = Projection.gaussian(8, (1, 4, 4), seed=5)
-    measured = ({"x": x[:40]}, op(x[:40]), op), ({"x": x[40:]}, op(x[40:]), op)
+    measured = Split(x[:40], op(x[:40]), op), Split(x[40:], op(x[40:]), op)
     for model in (0, 2):
-        _, recovered = linear_baseline(model, (1, 4, 4), *measured)
+        _, recovered = linear_baseline(model, *measured)
         torch.testing.assert_close(op(recovered), op(x[40:]), atol=1e-3, rtol=0)
 
 
@@ -195,11 +209,80 @@ def test_pca_components_are_orthonormal_and_span_the_top_principal_subspace(n, s
     x = torch.randn(n, 1, size) * torch.linspace(3, 0.1, size)
     pca = PCA(5).fit(x)
     components = pca.components
-    torch.testing.assert_close(components @ components.T, torch.eye(5, dtype=torch.float64),
-                               atol=1e-8, rtol=0)
+    torch.testing.assert_close(
+        components @ components.T, torch.eye(5, dtype=torch.float64), atol=1e-8, rtol=0
+    )
     centred = x.flatten(1).double() - x.flatten(1).double().mean(0)
     top = torch.linalg.svd(centred, full_matrices=False).Vh[:5]
     torch.testing.assert_close(components.T @ components, top.T @ top, atol=1e-8, rtol=0)
     duplicated = PCA(5).fit(torch.cat([x[:3]] * 4))  # 3 distinct examples span 2 directions
     assert torch.isfinite(duplicated.components).all()
     torch.testing.assert_close(duplicated.reconstruct(x[:3]), x[:3], atol=1e-5, rtol=0)
+
+
+def test_the_protocol_scores_a_library_users_model_as_the_pipeline_does(tmp_path):
+    """abp.evaluate.score, on splits read back from a prepared folder (Split.read): ABP and
+    both baselines scored alike, every recovery keeping what the data say."""
+    from abp.datasets import write_prepared
+    from abp.evaluate import EvaluationConfig, Split, score
+    from abp.train import ABPConfig
+
+    torch.manual_seed(7)
+    generator = LinearGenerator(3, 16)
+    with torch.no_grad():
+        x = generator(torch.randn(30, 3)) + 0.05 * torch.randn(30, 16)
+    x = x.view(30, 1, 16)
+    mask = torch.rand(30, 1, 16) > 0.4
+    write_prepared(
+        tmp_path / "tiny",
+        {"train": {"x": x[:24], "mask": mask[:24]}, "test": {"x": x[24:], "mask": mask[24:]}},
+        {"name": "tiny", "kind": "audio"},
+    )
+    train, test = Split.read(tmp_path / "tiny", "train"), Split.read(tmp_path / "tiny", "test")
+    assert torch.equal(train.y, x[:24] * mask[:24]) and isinstance(train.observation, Mask)
+
+    generator = LinearGenerator(3, (1, 16))
+    scores = score(
+        generator,
+        train,
+        test,
+        latent_bank=torch.zeros(24, 3),
+        config=ABPConfig(),
+        evaluation=EvaluationConfig(n_steps=30),
+    )
+    metrics = scores.metrics
+    for prefix in ("", "pca_", "trivial_"):
+        assert {
+            f"{prefix}train_mae",
+            f"{prefix}train_hidden_mae",
+            f"{prefix}heldout_mae",
+            f"{prefix}heldout_hidden_mae",
+        } <= set(metrics)
+    sizes = (metrics["pca_components"], metrics["latent_size"], metrics["train_examples"])
+    assert sizes == (3, 3, 24)
+    assert scores.shown_split is test and set(scores.signals) == {"ABP", "PCA", "trivial"}
+    for signals in scores.signals.values():  # every method keeps the observed entries
+        torch.testing.assert_close(signals[test.mask], test.x[test.mask], atol=1e-5, rtol=0)
+    # Sound (N×1×L): the trivial baseline is silence in the gaps.
+    assert torch.equal(scores.signals["trivial"], test.x * test.mask)
+    assert scores.descent_steps["test"].max() <= 30
+    # Without a test split, the training split is the one shown.
+    no_test = score(
+        generator,
+        train,
+        None,
+        latent_bank=torch.zeros(24, 3),
+        config=ABPConfig(),
+        evaluation=EvaluationConfig(n_steps=5),
+    )
+    assert no_test.shown_split is train and "heldout_mae" not in no_test.metrics
+
+
+def test_sample_latents_are_one_fixed_draw_whatever_the_generators_device():
+    from abp.evaluate import sample_latents
+
+    generator = LinearGenerator(4, 8)
+    expected = torch.randn((5, 4), generator=torch.Generator().manual_seed(12345))
+    assert torch.equal(sample_latents(generator, 5), expected)
+    assert torch.equal(sample_latents(generator.double(), 5), expected.double())
+    assert not torch.equal(sample_latents(generator, 5, seed=1), sample_latents(generator, 5))

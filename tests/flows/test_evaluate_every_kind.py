@@ -11,7 +11,7 @@ import soundfile
 import torch
 
 from abp.datasets import observations
-from abp.evaluate import mean_absolute_error
+from abp.evaluate import Split, mean_absolute_error
 from abp.media import duration_seconds
 from abp.models import build_generator
 from flows.config import ExperimentConfig
@@ -19,24 +19,39 @@ from flows.evaluate import compute_metrics, write_figures
 from flows.experiment import Experiment
 
 GENERATORS = {
-    "video": {"kind": "video", "latent_channels": 2, "latent_frames": 1, "latent_size": 2,
-              "widths": [4], "temporal_layers": 1, "channels": 3},  # 3×4×8×8 clips
-    "audio": {"kind": "audio", "latent_channels": 2, "latent_length": 4, "widths": [4],
-              "stride": 4, "channels": 1},  # 1×64 sounds
+    "video": {
+        "kind": "video",
+        "latent_channels": 2,
+        "latent_frames": 1,
+        "latent_size": 2,
+        "widths": [4],
+        "temporal_layers": 1,
+        "channels": 3,
+    },  # 3×4×8×8 clips
+    "audio": {
+        "kind": "audio",
+        "latent_channels": 2,
+        "latent_length": 4,
+        "widths": [4],
+        "stride": 4,
+        "channels": 1,
+    },  # 1×64 sounds
 }
 
 
 class InMemoryExperiment(Experiment):
     """An experiment whose prepared splits are tensors held here rather than files."""
+
     splits: dict
 
     def split(self, split):
         tensors = self.splits[split]
-        return (tensors, *observations(tensors, self.manifest))
+        return Split(tensors["x"], *observations(tensors, self.manifest), tensors.get("mask"))
 
 
-def experiment(kind: str, tmp_path, *, occluded: bool = False
-               ) -> tuple[Experiment, torch.nn.Module]:
+def experiment(
+    kind: str, tmp_path, *, occluded: bool = False
+) -> tuple[Experiment, torch.nn.Module]:
     torch.manual_seed(0)
     generator = build_generator(GENERATORS[kind]).eval()
     with torch.no_grad():  # signals the generator can make, plus noise
@@ -47,13 +62,28 @@ def experiment(kind: str, tmp_path, *, occluded: bool = False
         for tensors in splits.values():
             tensors["mask"] = torch.rand_like(tensors["x"]) > 0.3
     shape = list(x.shape[1:])
-    manifest = {"kind": kind, "fps": 25.0, "sample_rate": 8000,
-                "counts": {"train": 10, "test": 4}, "shapes": {"train": [10, *shape]}}
-    cfg = ExperimentConfig(dataset="data", generator=GENERATORS[kind],
-                           abp={"sigma": 0.3, "step_size": 0.1},
-                           training={"epochs": 1}, evaluation={"n_steps": 20, "n_samples": 2})
-    exp = InMemoryExperiment("tiny", cfg, manifest, tmp_path / "data", tmp_path / "models",
-                             tmp_path / "reports" / "experiments" / "tiny")
+    manifest = {
+        "kind": kind,
+        "fps": 25.0,
+        "sample_rate": 8000,
+        "counts": {"train": 10, "test": 4},
+        "shapes": {"train": [10, *shape]},
+    }
+    cfg = ExperimentConfig(
+        dataset="data",
+        generator=GENERATORS[kind],
+        abp={"sigma": 0.3, "step_size": 0.1},
+        training={"epochs": 1},
+        evaluation={"n_steps": 20, "n_samples": 2},
+    )
+    exp = InMemoryExperiment(
+        "tiny",
+        cfg,
+        manifest,
+        tmp_path / "data",
+        tmp_path / "models",
+        tmp_path / "reports" / "experiments" / "tiny",
+    )
     exp.splits = splits
     exp.model_folder.mkdir(parents=True)
     torch.save(torch.zeros(10, *generator.latent_shape), exp.model_folder / "latent_bank.pt")
@@ -72,23 +102,30 @@ def test_every_kind_is_scored_against_pca_and_the_trivial_baseline(kind, tmp_pat
     truth = exp.splits["test"]["x"]
     if kind == "audio":  # the trivial baseline of sound is silence
         assert metrics["trivial_heldout_mae"] == pytest.approx(
-            mean_absolute_error(torch.zeros_like(truth), truth))
+            mean_absolute_error(torch.zeros_like(truth), truth)
+        )
     else:  # of images and video, the training mean signal
         mean = exp.splits["train"]["x"].mean(0, keepdim=True).expand_as(truth)
-        assert metrics["trivial_heldout_mae"] == pytest.approx(mean_absolute_error(mean, truth),
-                                                               rel=1e-5)
+        assert metrics["trivial_heldout_mae"] == pytest.approx(
+            mean_absolute_error(mean, truth), rel=1e-5
+        )
     assert list(shown) == ["truth", "ABP", "PCA d=8"]
 
 
 def test_occluded_sound_keeps_what_is_heard_and_fills_the_gaps(tmp_path):
     exp, generator = experiment("audio", tmp_path, occluded=True)
     metrics, shown = compute_metrics(exp, generator)
-    assert {"heldout_hidden_mae", "pca_heldout_hidden_mae", "trivial_heldout_hidden_mae",
-            "trivial_train_hidden_mae"} <= set(metrics)
+    assert {
+        "heldout_hidden_mae",
+        "pca_heldout_hidden_mae",
+        "trivial_heldout_hidden_mae",
+        "trivial_train_hidden_mae",
+    } <= set(metrics)
     test = exp.splits["test"]
     silence_in_the_gaps = test["x"] * test["mask"]
     assert metrics["trivial_heldout_mae"] == pytest.approx(
-        mean_absolute_error(silence_in_the_gaps, test["x"]))
+        mean_absolute_error(silence_in_the_gaps, test["x"])
+    )
     assert list(shown) == ["truth", "observed", "ABP", "PCA d=8"]
     observed = test["mask"][: len(shown["ABP"])]
     assert torch.equal(shown["ABP"][observed], shown["truth"][observed])
@@ -106,18 +143,23 @@ def test_figures_are_labelled_and_media_last_long_enough_to_watch(kind, suffix, 
     figures = {p.name for p in (exp.report_folder / "figures").iterdir()}
     assert "reconstructions.png" in figures and "training.png" in figures
     # the truth beside the samples, in the report
-    assert {"image": "truth.png", "video": "truth_frames.png",
-            "audio": "truth_spectrograms.png"}[kind] in figures
+    assert {"image": "truth.png", "video": "truth_frames.png", "audio": "truth_spectrograms.png"}[
+        kind
+    ] in figures
     sounds_and_videos = sorted((exp.report_folder / "media").glob(f"*{suffix}"))
-    assert [p.name for p in sounds_and_videos] == [f"reconstructions{suffix}", f"samples{suffix}",
-                                                   f"truth{suffix}"]
+    assert [p.name for p in sounds_and_videos] == [
+        f"reconstructions{suffix}",
+        f"samples{suffix}",
+        f"truth{suffix}",
+    ]
     for path in sounds_and_videos:
         assert duration_seconds(path) >= 3.0  # 4 frames at 25 fps, 64 samples at 8 kHz
     index = json.loads((exp.report_folder / "media" / "index.json").read_text())
     assert {m["file"] for m in index["media"]} == {p.name for p in sounds_and_videos}
     assert all(m["seconds"] >= 3.0 for m in index["media"])
-    assert ": truth, ABP, PCA d=8" in next(m["shows"] for m in index["media"]
-                                         if m["file"].startswith("reconstructions"))
+    assert ": truth, ABP, PCA d=8" in next(
+        m["shows"] for m in index["media"] if m["file"].startswith("reconstructions")
+    )
 
 
 def test_sound_is_heard_from_clips_with_signal_each_at_its_truths_level(tmp_path):
@@ -133,12 +175,11 @@ def test_sound_is_heard_from_clips_with_signal_each_at_its_truths_level(tmp_path
     # reconstructions.wav: each clip as truth, ABP, PCA in turn, each followed by a gap
     written, _ = soundfile.read(exp.report_folder / "media" / "reconstructions.wav")
     length, gap = test.shape[-1], round(0.25 * 8000)
-    segments = [written[k * (length + gap):k * (length + gap) + length] for k in range(9)]
+    segments = [written[k * (length + gap) : k * (length + gap) + length] for k in range(9)]
     lsb = 2 / 32768
     for clip, i in enumerate([1, 2, 3]):
         truth, abp = segments[3 * clip], segments[3 * clip + 1]
         assert np.abs(truth).max() == pytest.approx(10 ** (-1 / 20), abs=lsb)  # −1 dBFS
         gain = 10 ** (-1 / 20) / float(test[i].abs().max())  # the truth's, for ABP's too
-        np.testing.assert_allclose(abp, (shown["ABP"][i].reshape(-1) * gain).clamp(-1, 1),
-                                   atol=lsb)
+        np.testing.assert_allclose(abp, (shown["ABP"][i].reshape(-1) * gain).clamp(-1, 1), atol=lsb)
     assert float(test[1:].abs().max()) < 0.05  # the data themselves were not raised
