@@ -8,15 +8,21 @@ import torch
 from abp.graphs import CUDAGraphed
 from abp.models import ImageGenerator
 from abp.observe import Mask
-from abp.train import ABPConfig, ABPTrainer
+from abp.train import ABPConfig, ABPTrainer, ExecutionConfig
 
 
 def trainer(data: torch.Tensor, observation: Mask, **switches) -> ABPTrainer:
     torch.manual_seed(0)
     generator = ImageGenerator(latent_dim=4, image_size=8, channels=1, widths=(8,))
-    config = ABPConfig(sigma=0.3, step_size=0.1, langevin_steps=3, batch_size=6, seed=2,
-                       **switches)
-    return ABPTrainer(generator, data, config, observation=observation, device="cpu")
+    config = ABPConfig(sigma=0.3, step_size=0.1, langevin_steps=3, batch_size=6, seed=2)
+    return ABPTrainer(
+        generator,
+        data,
+        config,
+        execution=ExecutionConfig(**switches),
+        observation=observation,
+        device="cpu",
+    )
 
 
 def test_cuda_graphs_without_cuda_warn_and_train_like_the_plain_path():
@@ -38,7 +44,15 @@ def test_the_graph_wrapper_needs_a_cuda_generator():
 
 
 def test_a_batch_of_masks_is_chosen_without_checking_it_again():
+    # The check reads the mask on the host, which a CUDA graph cannot capture; rows of a
+    # checked mask are taken on trust. To see whether `select` checks again, the checked
+    # mask is given values the check rejects afterwards: a second check would raise.
     mask = Mask(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-    assert torch.equal(mask.select(torch.tensor([2, 0])).mask, torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    assert torch.equal(
+        mask.select(torch.tensor([2, 0])).mask, torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    )
+    mask.mask[1, 0] = 0.5  # what the check would reject, written past it
+    chosen = mask.select(torch.tensor([1, 2]))
+    assert torch.equal(chosen.mask, torch.tensor([[0.5, 1.0], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="only 0 \\(hidden\\) and 1"):
-        Mask(torch.tensor([0.5, 1.0]))
+        Mask(torch.tensor([0.5, 1.0]))  # a mask built from outside is still checked
