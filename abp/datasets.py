@@ -34,8 +34,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,9 +59,16 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor
     return order[n_test:].sort().values, order[:n_test].sort().values
 
 
-def split_by_source(file: torch.Tensor, start: torch.Tensor, *, names: list[str],
-                    clip_length: int, test_fraction: float, seed: int, unit: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def split_by_source(
+    file: torch.Tensor,
+    start: torch.Tensor,
+    *,
+    names: list[str],
+    clip_length: int,
+    test_fraction: float,
+    seed: int,
+    unit: str,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Train and test indices of clips cut from `names` (clip i from file `file[i]`, first
     frame or sample `start[i]`), split by file or by time as the module docstring says, and
     what the manifest records about it. Raises ValueError when a side would be empty."""
@@ -68,28 +76,35 @@ def split_by_source(file: torch.Tensor, start: torch.Tensor, *, names: list[str]
         raise ValueError(f"test_fraction={test_fraction} must be in [0, 1)")
     n = len(file)
     if test_fraction == 0:
-        return torch.arange(n), torch.arange(0), {"by": "none", "files": names,
-                                                 "train_files": names, "test_files": []}
+        return (
+            torch.arange(n),
+            torch.arange(0),
+            {"by": "none", "files": names, "train_files": names, "test_files": []},
+        )
     if len(names) * test_fraction >= 1 - 1e-9:
         is_test, record = _split_by_file(file, names, test_fraction, seed)
         is_train = ~is_test
     else:
-        is_test, is_train, record = _split_by_time(file, start, names, clip_length,
-                                                   test_fraction, unit)
+        is_test, is_train, record = _split_by_time(
+            file, start, names, clip_length, test_fraction, unit
+        )
         if not is_train.any() or not is_test.any():
             side = "training" if not is_train.any() else "test"
-            raise ValueError(f"test_fraction={test_fraction}: {len(names)} file(s) with {n} "
-                             f"clips, split by time with a gap of {clip_length} {unit}, leave "
-                             f"no {side} clip; use a longer source, shorter clips or a larger "
-                             "stride, or another test_fraction (0 for no test split)")
+            raise ValueError(
+                f"test_fraction={test_fraction}: {len(names)} file(s) with {n} "
+                f"clips, split by time with a gap of {clip_length} {unit}, leave "
+                f"no {side} clip; use a longer source, shorter clips or a larger "
+                "stride, or another test_fraction (0 for no test split)"
+            )
         record["unused_clips"] = int(n - is_train.sum() - is_test.sum())  # those in the gaps
     train, test = is_train.nonzero().squeeze(1), is_test.nonzero().squeeze(1)
     record["test_share"] = round(len(test) / (len(train) + len(test)), 4)
     return train, test, record
 
 
-def _split_by_file(file: torch.Tensor, names: list[str], test_fraction: float, seed: int
-                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+def _split_by_file(
+    file: torch.Tensor, names: list[str], test_fraction: float, seed: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
     counts = torch.bincount(file, minlength=len(names))
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))
     # The test side takes the first k files of the random order, k from 1 to all but one,
@@ -97,15 +112,23 @@ def _split_by_file(file: torch.Tensor, names: list[str], test_fraction: float, s
     taken = counts[order].cumsum(0)[:-1].double()
     k = int((taken - test_fraction * len(file)).abs().argmin()) + 1
     test_files = set(order[:k].tolist())
-    record = {"by": "file", "files": names,
-              "train_files": [m for i, m in enumerate(names) if i not in test_files],
-              "test_files": [m for i, m in enumerate(names) if i in test_files]}
+    record = {
+        "by": "file",
+        "files": names,
+        "train_files": [m for i, m in enumerate(names) if i not in test_files],
+        "test_files": [m for i, m in enumerate(names) if i in test_files],
+    }
     return torch.isin(file, order[:k]), record
 
 
-def _split_by_time(file: torch.Tensor, start: torch.Tensor, names: list[str], clip_length: int,
-                   test_fraction: float, unit: str
-                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def _split_by_time(
+    file: torch.Tensor,
+    start: torch.Tensor,
+    names: list[str],
+    clip_length: int,
+    test_fraction: float,
+    unit: str,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     is_test = torch.zeros(len(file), dtype=torch.bool)
     is_train = torch.zeros(len(file), dtype=torch.bool)
     gap = clip_length
@@ -114,17 +137,26 @@ def _split_by_time(file: torch.Tensor, start: torch.Tensor, names: list[str], cl
         ids = (file == index).nonzero().squeeze(1)
         ids = ids[start[ids].argsort()]
         n_test = round(test_fraction * len(ids))
-        test_ids = ids[len(ids) - n_test:]
+        test_ids = ids[len(ids) - n_test :]
         test_from = int(start[test_ids[0]]) if n_test else None
-        train_ids = ids if not n_test else ids[start[ids] + clip_length + gap <= test_from]
+        train_ids = ids if test_from is None else ids[start[ids] + clip_length + gap <= test_from]
         is_test[test_ids], is_train[train_ids] = True, True
-        stretches.append({"file": name,
-                          "train": _extent(start[train_ids], clip_length),
-                          "test": _extent(start[test_ids], clip_length)})
-    record = {"by": "time", "files": names,
-              "train_files": [s["file"] for s in stretches if s["train"]],
-              "test_files": [s["file"] for s in stretches if s["test"]],
-              "gap": gap, "unit": unit, "stretches": stretches}
+        stretches.append(
+            {
+                "file": name,
+                "train": _extent(start[train_ids], clip_length),
+                "test": _extent(start[test_ids], clip_length),
+            }
+        )
+    record = {
+        "by": "time",
+        "files": names,
+        "train_files": [s["file"] for s in stretches if s["train"]],
+        "test_files": [s["file"] for s in stretches if s["test"]],
+        "gap": gap,
+        "unit": unit,
+        "stretches": stretches,
+    }
     return is_test, is_train, record
 
 
@@ -152,8 +184,9 @@ def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_prepared(folder: Path, splits: dict[str, dict[str, torch.Tensor]],
-                   manifest: dict[str, Any]) -> Path:
+def write_prepared(
+    folder: Path, splits: dict[str, dict[str, torch.Tensor]], manifest: dict[str, Any]
+) -> Path:
     """Write the split files and the manifest (with each file's sha256) atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -186,9 +219,11 @@ class DataError(ValueError):
 
 def _damaged(path: Path, error: Exception) -> DataError:
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    return DataError(f"{path} cannot be read ({reason}): it is damaged. Prepare it again: "
-                     f"python -m flows.prepare {path.parent.name} (or dvc repro --force on the "
-                     "stage that writes it)")
+    return DataError(
+        f"{path} cannot be read ({reason}): it is damaged. Prepare it again: "
+        f"python -m flows.prepare {path.parent.name} (or dvc repro --force on the "
+        "stage that writes it)"
+    )
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -207,12 +242,13 @@ def read_split(folder: Path, split: str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path} is missing: prepare the data set first (dvc repro)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated archive, garbage, refused unpickling, …
+    except Exception as error:  # noqa: BLE001 - truncated archive, garbage, refused unpickling, …
         raise _damaged(path, error) from None
 
 
-def observations(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]
-                 ) -> tuple[torch.Tensor, Observation]:
+def observations(
+    tensors: dict[str, torch.Tensor], manifest: dict[str, Any]
+) -> tuple[torch.Tensor, Observation]:
     """What a model may learn from in a prepared split, and the operator that produced it:
     (x, Identity) for complete data, (m ⊙ x, Mask) for occluded data, (y, A) for compressed
     measurements. The complete x stays out of learning; it is only for evaluation."""

@@ -18,8 +18,14 @@ from abp.observe import Identity, Observation
 IDENTITY = Identity()
 
 
-def energy(generator: nn.Module, z: torch.Tensor, y: torch.Tensor, *, sigma: float,
-           observation: Observation | None = None) -> torch.Tensor:
+def energy(
+    generator: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sigma: float,
+    observation: Observation | None = None,
+) -> torch.Tensor:
     """Per-example energy, shape (N,). Sum it (never average it) to differentiate in z, so
     that each example's gradient is its own whatever the batch size."""
     observation = observation or IDENTITY
@@ -29,6 +35,6 @@ def energy(generator: nn.Module, z: torch.Tensor, y: torch.Tensor, *, sigma: flo
 def energy_of_residual(residual: torch.Tensor, z: torch.Tensor, *, sigma: float) -> torch.Tensor:
     """The same energy from a residual y − A(g(z)) already computed (the trainer also reports
     the residual, so it computes it once)."""
-    data_term = residual.flatten(1).pow(2).sum(1) / (2 * sigma ** 2)
+    data_term = residual.flatten(1).pow(2).sum(1) / (2 * sigma**2)
     prior_term = z.flatten(1).pow(2).sum(1) / 2
     return data_term + prior_term

@@ -19,8 +19,14 @@ from torch import nn
 class FastForward(nn.Module):
     """The generator's forward pass with the chosen speed-ups; shares its parameters."""
 
-    def __init__(self, generator: nn.Module, *, channels_last: bool = False, bf16: bool = False,
-                 compile: bool = False):
+    def __init__(
+        self,
+        generator: nn.Module,
+        *,
+        channels_last: bool = False,
+        bf16: bool = False,
+        compile: bool = False,
+    ):
         super().__init__()
         self.generator = generator
         self.latent_shape = generator.latent_shape
@@ -37,8 +43,9 @@ class FastForward(nn.Module):
         return x.float()
 
 
-def fast_forward(generator: nn.Module, *, channels_last: bool = False, bf16: bool = False,
-                 compile: bool = False) -> nn.Module:
+def fast_forward(
+    generator: nn.Module, *, channels_last: bool = False, bf16: bool = False, compile: bool = False
+) -> nn.Module:
     """The generator itself when no speed-up is on, else a FastForward around it."""
     if not (channels_last or bf16 or compile):
         return generator

@@ -23,7 +23,7 @@ What makes the replay compute the same chains as the eager loop:
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -9,8 +9,9 @@ chain in a batch is exact on its own, whatever the batch size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -33,10 +34,18 @@ def frozen_weights(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def infer(generator: nn.Module, y: torch.Tensor, z: torch.Tensor, *, sigma: float,
-          step_size: float, n_steps: int, noise: bool = True,
-          observation: Observation | None = None,
-          rng: torch.Generator | None = None) -> torch.Tensor:
+def infer(
+    generator: nn.Module,
+    y: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    sigma: float,
+    step_size: float,
+    n_steps: int,
+    noise: bool = True,
+    observation: Observation | None = None,
+    rng: torch.Generator | None = None,
+) -> torch.Tensor:
     """Run `n_steps` Langevin steps on the latents z for observations y; return the new z.
 
     Args:
@@ -52,7 +61,7 @@ def infer(generator: nn.Module, y: torch.Tensor, z: torch.Tensor, *, sigma: floa
 
     Only z receives gradients: the generator's weights are frozen while the chains run.
     """
-    half_step = step_size ** 2 / 2
+    half_step = step_size**2 / 2
     z = z.detach().clone()
     with frozen_weights(generator), torch.enable_grad():
         for _ in range(n_steps):
@@ -62,16 +71,26 @@ def infer(generator: nn.Module, y: torch.Tensor, z: torch.Tensor, *, sigma: floa
             with torch.no_grad():
                 z = z - half_step * grad
                 if noise:
-                    z = z + step_size * torch.randn(z.shape, generator=rng, device=z.device,
-                                                    dtype=z.dtype)
+                    z = z + step_size * torch.randn(
+                        z.shape, generator=rng, device=z.device, dtype=z.dtype
+                    )
     return z.detach()
 
 
 @torch.no_grad()
-def reconstruct(generator: nn.Module, y: torch.Tensor, *, latent_shape: tuple[int, ...],
-                sigma: float, step_size: float, n_steps: int, noise: bool = False,
-                observation: Observation | None = None, init: Literal["zeros", "prior"] = "zeros",
-                rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruct(
+    generator: nn.Module,
+    y: torch.Tensor,
+    *,
+    latent_shape: tuple[int, ...],
+    sigma: float,
+    step_size: float,
+    n_steps: int,
+    noise: bool = False,
+    observation: Observation | None = None,
+    init: Literal["zeros", "prior"] = "zeros",
+    rng: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Infer latents for new data with the weights fixed; return (z, g(z)).
 
     The chains start at z = 0 (`init="zeros"`) or at a prior draw (`init="prior"`); with
@@ -85,6 +104,15 @@ def reconstruct(generator: nn.Module, y: torch.Tensor, *, latent_shape: tuple[in
         z0 = torch.randn(shape, generator=rng, device=y.device, dtype=y.dtype)
     else:
         raise ValueError(f"init={init!r}; expected 'zeros' or 'prior'")
-    z = infer(generator, y, z0, sigma=sigma, step_size=step_size, n_steps=n_steps,
-              noise=noise, observation=observation, rng=rng)
+    z = infer(
+        generator,
+        y,
+        z0,
+        sigma=sigma,
+        step_size=step_size,
+        n_steps=n_steps,
+        noise=noise,
+        observation=observation,
+        rng=rng,
+    )
     return z, generator(z)

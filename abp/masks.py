@@ -14,7 +14,7 @@ Sizes given for 64×64 scale proportionally: `scaled_to(20, 32)` is 10.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,14 @@ def scaled_to(size_at_64: int, side: int) -> int:
     return max(1, round(size_at_64 * side / 64))
 
 
-def block_occlusion(n: int, spatial_shape: Sequence[int], *, block: int, hidden_fraction: float,
-                    rng: torch.Generator) -> torch.Tensor:
+def block_occlusion(
+    n: int,
+    spatial_shape: Sequence[int],
+    *,
+    block: int,
+    hidden_fraction: float,
+    rng: torch.Generator,
+) -> torch.Tensor:
     """Salt-and-pepper occlusion: block×block squares (block-long segments in 1-D) at random
     positions, added until at least `hidden_fraction` of each example is hidden (overshoot at
     most one block). Returns observed-entry masks of shape (n, 1, *spatial_shape)."""
@@ -35,7 +41,9 @@ def block_occlusion(n: int, spatial_shape: Sequence[int], *, block: int, hidden_
     if len(spatial_shape) not in (1, 2):
         raise ValueError(f"block occlusion needs 1-D or 2-D signals, got shape {spatial_shape}")
     if block < 1 or block > min(spatial_shape):
-        raise ValueError(f"block={block} must be between 1 and the signal side {min(spatial_shape)}")
+        raise ValueError(
+            f"block={block} must be between 1 and the signal side {min(spatial_shape)}"
+        )
     size = math.prod(spatial_shape)
     corner_grid = tuple(s - block + 1 for s in spatial_shape)
     n_corners = math.prod(corner_grid)
@@ -67,24 +75,32 @@ def _dilate(corners: torch.Tensor, block: int) -> torch.Tensor:
     return pool(padded, block, stride=1) > 0
 
 
-def square_region(n: int, spatial_shape: Sequence[int], *, side: int,
-                  rng: torch.Generator) -> torch.Tensor:
+def square_region(
+    n: int, spatial_shape: Sequence[int], *, side: int, rng: torch.Generator
+) -> torch.Tensor:
     """One side×side square hidden at a random position in each example (M20, M30)."""
     height, width = spatial_shape
     if not 1 <= side < min(height, width):
-        raise ValueError(f"square side={side} must be at least 1 and smaller than the image "
-                         f"({height}×{width}), or it would hide everything")
+        raise ValueError(
+            f"square side={side} must be at least 1 and smaller than the image "
+            f"({height}×{width}), or it would hide everything"
+        )
     top = torch.randint(height - side + 1, (n,), generator=rng)
     left = torch.randint(width - side + 1, (n,), generator=rng)
     rows = torch.arange(height).view(1, height, 1)
     cols = torch.arange(width).view(1, 1, width)
-    inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + side).view(n, 1, 1)) &
-              (cols >= left.view(n, 1, 1)) & (cols < (left + side).view(n, 1, 1)))
+    inside = (
+        (rows >= top.view(n, 1, 1))
+        & (rows < (top + side).view(n, 1, 1))
+        & (cols >= left.view(n, 1, 1))
+        & (cols < (left + side).view(n, 1, 1))
+    )
     return ~inside.unsqueeze(1)
 
 
-def missing_frames(n: int, clip_shape: Sequence[int], *, hidden_fraction: float,
-                   rng: torch.Generator) -> torch.Tensor:
+def missing_frames(
+    n: int, clip_shape: Sequence[int], *, hidden_fraction: float, rng: torch.Generator
+) -> torch.Tensor:
     """Whole frames hidden: round(hidden_fraction·T) random frames per clip (at least one
     frame stays observed). clip_shape is (T, H, W); returns masks (n, 1, T, H, W)."""
     frames, height, width = clip_shape
@@ -96,12 +112,14 @@ def missing_frames(n: int, clip_shape: Sequence[int], *, hidden_fraction: float,
     return observed.view(n, 1, frames, 1, 1).expand(n, 1, frames, height, width).clone()
 
 
-def per_frame_occlusion(n: int, clip_shape: Sequence[int], *, block: int,
-                        hidden_fraction: float, rng: torch.Generator) -> torch.Tensor:
+def per_frame_occlusion(
+    n: int, clip_shape: Sequence[int], *, block: int, hidden_fraction: float, rng: torch.Generator
+) -> torch.Tensor:
     """Salt-and-pepper occlusion drawn independently for every frame of every clip."""
     frames, height, width = clip_shape
-    masks = block_occlusion(n * frames, (height, width), block=block,
-                            hidden_fraction=hidden_fraction, rng=rng)
+    masks = block_occlusion(
+        n * frames, (height, width), block=block, hidden_fraction=hidden_fraction, rng=rng
+    )
     return masks.view(n, frames, 1, height, width).transpose(1, 2).contiguous()
 
 
@@ -115,5 +133,7 @@ def keep_fraction(n: int, fraction: float, rng: torch.Generator) -> torch.Tensor
 
 def _check_fraction(hidden_fraction: float) -> None:
     if not 0 < hidden_fraction < 1:
-        raise ValueError(f"hidden fraction {hidden_fraction} must be strictly between 0 and 1 "
-                         "(a mask that hides everything leaves nothing to learn from)")
+        raise ValueError(
+            f"hidden fraction {hidden_fraction} must be strictly between 0 and 1 "
+            "(a mask that hides everything leaves nothing to learn from)"
+        )

@@ -16,7 +16,7 @@ An operator that differs per example (a per-example mask) is restricted to a bat
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ class Observation:
         """y − A(x): the part of the data the signal x does not explain."""
         return y - self(x)
 
-    def select(self, index: torch.Tensor) -> "Observation":
+    def select(self, index: torch.Tensor) -> Observation:
         """The operator for the examples `index` of the data set."""
         return self
 
@@ -43,7 +43,7 @@ class Observation:
         """How many observed entries the batch y has (the denominator of a mean error)."""
         return torch.tensor(y.numel(), device=y.device, dtype=torch.float32)
 
-    def to(self, device: torch.device | str) -> "Observation":
+    def to(self, device: torch.device | str) -> Observation:
         return self
 
 
@@ -84,7 +84,7 @@ class Mask(Observation):
     def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
         return self.mask * y
 
-    def select(self, index: torch.Tensor) -> "Mask":
+    def select(self, index: torch.Tensor) -> Mask:
         if not self.per_example:
             return self
         return Mask(self.mask[index.to(self.mask.device)], per_example=True, validate=False)
@@ -92,7 +92,7 @@ class Mask(Observation):
     def observed_count(self, y: torch.Tensor) -> torch.Tensor:
         return self.mask.expand_as(y).sum()
 
-    def to(self, device: torch.device | str) -> "Mask":
+    def to(self, device: torch.device | str) -> Mask:
         return Mask(self.mask.to(device), per_example=self.per_example, validate=False)
 
     @property
@@ -109,8 +109,13 @@ class Projection(Observation):
         self.matrix = matrix
 
     @classmethod
-    def gaussian(cls, n_measurements: int, signal_shape: Sequence[int] | int, seed: int,
-                 dtype: torch.dtype = torch.float32) -> "Projection":
+    def gaussian(
+        cls,
+        n_measurements: int,
+        signal_shape: Sequence[int] | int,
+        seed: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> Projection:
         """A random Gaussian A with entries N(0, 1/M), reproducible from (M, shape, seed)."""
         size = signal_shape if isinstance(signal_shape, int) else math.prod(signal_shape)
         rng = torch.Generator().manual_seed(seed)
@@ -125,7 +130,7 @@ class Projection(Observation):
             self._pinv = torch.linalg.pinv(self.matrix.double()).to(self.matrix.dtype)
         return (y @ self._pinv.T).view(-1, *signal_shape)
 
-    def to(self, device: torch.device | str) -> "Projection":
+    def to(self, device: torch.device | str) -> Projection:
         return Projection(self.matrix.to(device))
 
 
@@ -141,7 +146,7 @@ class LocalAverage(Observation):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[: x.dim() - self.n_dims]
         blocked_shape: list[int] = []
-        for size in x.shape[x.dim() - self.n_dims:]:
+        for size in x.shape[x.dim() - self.n_dims :]:
             if size % self.block:
                 raise ValueError(f"signal side {size} is not a multiple of block={self.block}")
             blocked_shape += [size // self.block, self.block]

@@ -44,7 +44,7 @@ def sqlite_path(uri: str) -> Path | None:
     URI is), or None for other URIs and in-memory databases."""
     if not uri.startswith("sqlite:///"):
         return None
-    name = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+    name = unquote(uri[len("sqlite:///") :].split("?", 1)[0])
     return None if name in ("", ":memory:") else Path(name)
 
 
@@ -55,6 +55,7 @@ def store_folder(tracking_uri: str | None = None) -> Path:
     uri = os.environ.get(SERVER_STORE_ENV) or tracking_uri
     if uri is None:
         import mlflow
+
         uri = mlflow.get_tracking_uri()
     database = sqlite_path(str(uri))
     return (database.parent if database is not None else Path(".")).resolve()
@@ -64,6 +65,7 @@ def relative_path(artifact_uri: str) -> str:
     """The path an `abp-local:/…` URI names, relative to the store's folder. A path that
     would leave that folder is refused (a server serves whatever its repository names)."""
     from mlflow.exceptions import MlflowException
+
     parsed = urlparse(artifact_uri)
     if parsed.scheme != SCHEME or parsed.netloc:
         raise MlflowException(f"{artifact_uri!r} is not an {SCHEME}:/<path> artifact URI")
@@ -83,25 +85,29 @@ def proxied(artifact_uri: str) -> str:
     → `mlflow-artifacts:/p`, which a server serving the store from its folder (with its
     default --artifacts-destination, ./mlartifacts) maps onto the same folder."""
     from mlflow.exceptions import MlflowException
+
     relative = relative_path(artifact_uri)
     if not relative.startswith(f"{FOLDER}/"):
-        raise MlflowException(f"{artifact_uri!r} is not under {FOLDER}/: no tracking server "
-                              "serves it")
+        raise MlflowException(
+            f"{artifact_uri!r} is not under {FOLDER}/: no tracking server serves it"
+        )
     return f"mlflow-artifacts:/{relative.removeprefix(f'{FOLDER}/')}"
 
 
-def repository(artifact_uri: str, tracking_uri: str | None = None,
-               registry_uri: str | None = None):
+def repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
     """The artifact repository MLflow builds for an `abp-local:` URI (the entry point): the
     files in the store's folder; for a client of a tracking server (an http(s) tracking URI,
     outside the server itself), the server's artifact proxy, not a folder of the client's."""
     import mlflow
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
     uri = str(tracking_uri or mlflow.get_tracking_uri())
     if uri.startswith(("http://", "https://")) and not os.environ.get(SERVER_STORE_ENV):
-        return get_artifact_repository(proxied(artifact_uri), tracking_uri=uri,
-                                       registry_uri=registry_uri)
+        return get_artifact_repository(
+            proxied(artifact_uri), tracking_uri=uri, registry_uri=registry_uri
+        )
     folder = local_path(artifact_uri, tracking_uri)
-    return LocalArtifactRepository(folder.as_uri(), tracking_uri=tracking_uri,
-                                   registry_uri=registry_uri)
+    return LocalArtifactRepository(
+        folder.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri
+    )

@@ -17,9 +17,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 LOCK_NAME = ".lock"
 log = logging.getLogger(__name__)
@@ -40,8 +40,10 @@ def _describe(holder: dict) -> str:
     if not holder:
         return "another process"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-    return (f"PID {holder.get('pid')} on {holder.get('host')} (since {started}: "
-            f"{holder.get('command', '?')})")
+    return (
+        f"PID {holder.get('pid')} on {holder.get('host')} (since {started}: "
+        f"{holder.get('command', '?')})"
+    )
 
 
 @contextmanager
@@ -50,24 +52,35 @@ def exclusive(folder: Path, what: str) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # Opened without truncation: the current holder's details must survive our attempt.
-    handle = open(folder / LOCK_NAME, "a+")
-    try:
+    with open(folder / LOCK_NAME, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = _describe(_holder(handle.read()))
-            raise FolderLocked(f"{folder} is in use: {what} is already running in {holder}. "
-                               "Wait for it to finish, or stop it, then run again.") from None
+            raise FolderLocked(
+                f"{folder} is in use: {what} is already running in {holder}. "
+                "Wait for it to finish, or stop it, then run again."
+            ) from None
         handle.seek(0)
         previous = _holder(handle.read())
         if previous and previous.get("pid") != os.getpid():
-            log.info("%s: taking over the lock left by %s, which is no longer running",
-                     folder, _describe(previous))
+            log.info(
+                "%s: taking over the lock left by %s, which is no longer running",
+                folder,
+                _describe(previous),
+            )
         handle.seek(0)
         handle.truncate()
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                   "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}, handle)
+        json.dump(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.time(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            },
+            handle,
+        )
         handle.flush()
         try:
             yield
@@ -75,5 +88,3 @@ def exclusive(folder: Path, what: str) -> Iterator[None]:
             handle.seek(0)
             handle.truncate()  # the file stays: removing it would let a waiter lock a stale inode
             fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        handle.close()

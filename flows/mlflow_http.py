@@ -17,8 +17,8 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from mlflow import MlflowClient
 from mlflow.store.tracking.rest_store import RestStore
@@ -33,6 +33,7 @@ _ENVIRONMENT_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class HttpLimits:
     """Bounds of one request of the recorder to an MLflow server."""
+
     timeout: float = 5.0  # seconds to connect, and for each read of the answer
     max_retries: int = 0  # retries of a failed request within one attempt (never for uploads)
     backoff_factor: float = 0.0
@@ -47,19 +48,25 @@ class _BoundedRestStore(RestStore):
         super().__init__(get_host_creds)
         self._limits = limits
 
-    def _call_endpoint(self, api, json_body=None, endpoint=None, retry_timeout_seconds=None,
-                       response_proto=None):
+    def _call_endpoint(
+        self, api, json_body=None, endpoint=None, retry_timeout_seconds=None, response_proto=None
+    ):
         # As RestStore._call_endpoint and rest_utils.call_endpoint (MLflow 3.17), plus limits.
         method_to_info = self._V3_METHOD_TO_INFO if api in self._V3_APIS else self._METHOD_TO_INFO
         self._validate_workspace_support_if_specified()
         default_endpoint, method = method_to_info[api]
         endpoint = endpoint or default_endpoint
         body = json.loads(json_body) if json_body is not None else None
-        response = http_request(self.get_host_creds(), endpoint, method,
-                                max_retries=self._limits.max_retries,
-                                backoff_factor=self._limits.backoff_factor, backoff_jitter=0.0,
-                                timeout=self._limits.timeout,
-                                **({"params": body} if method == "GET" else {"json": body}))
+        response = http_request(
+            self.get_host_creds(),
+            endpoint,
+            method,
+            max_retries=self._limits.max_retries,
+            backoff_factor=self._limits.backoff_factor,
+            backoff_jitter=0.0,
+            timeout=self._limits.timeout,
+            **({"params": body} if method == "GET" else {"json": body}),
+        )
         response = verify_rest_response(response, endpoint)
         response_proto = response_proto or api.Response()
         if response.status_code != 204:
@@ -93,9 +100,11 @@ def process_http_limits(limits: HttpLimits = HttpLimits()) -> Iterator[None]:
     (MLFLOW_HTTP_REQUEST_TIMEOUT, _MAX_RETRIES, _BACKOFF_FACTOR, which MLflow reads on each
     request; whole seconds). Meant for fluent calls that take no limits, such as
     `mlflow.end_run()`, at a moment when no other thread waits on MLflow."""
-    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(limits.timeout))),
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(limits.max_retries),
-              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(round(limits.backoff_factor))}
+    values = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(limits.timeout))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(limits.max_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(round(limits.backoff_factor)),
+    }
     with _ENVIRONMENT_LOCK:
         saved = {name: os.environ.get(name) for name in values}
         os.environ.update(values)

@@ -24,8 +24,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 
-from flows.process import (die_with_parent, prefect_server_for_this_process, run_command,
-                           start_child, stop_group, wait_child)
+from flows.process import (
+    die_with_parent,
+    prefect_server_for_this_process,
+    run_command,
+    start_child,
+    stop_group,
+    wait_child,
+)
 
 STOP_SECONDS = 20  # below the 30 s a Prefect runner waits after SIGTERM before SIGKILL
 
@@ -38,8 +44,14 @@ def run_dvc(command: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str
     STOP_SECONDS, then the interruption goes on."""
     # A file, not a pipe: nothing blocks on a full pipe while the group is being stopped.
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as output:
-        child = start_child(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=output, stderr=subprocess.STDOUT)
+        child = start_child(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
             code = wait_child(child)
         except BaseException:
@@ -74,10 +86,14 @@ def pipeline(targets: list[str] | None = None, repo: str = ".") -> dict[str, lis
     skipped = re.findall(r"Stage '([^']+)' didn't change, skipping", output)
     if returncode:
         raise RuntimeError(f"dvc repro failed (exit {returncode}):\n{output[-4000:]}")
-    stages = "".join(f"| {s} | ran |\n" for s in ran) + "".join(f"| {s} | unchanged |\n" for s in skipped)
-    create_markdown_artifact(key="pipeline-run",
-                             markdown=f"# dvc repro\n\n| stage | |\n|---|---|\n{stages}",
-                             description="Stages run and skipped by the scheduled pipeline")
+    stages = "".join(f"| {s} | ran |\n" for s in ran) + "".join(
+        f"| {s} | unchanged |\n" for s in skipped
+    )
+    create_markdown_artifact(
+        key="pipeline-run",
+        markdown=f"# dvc repro\n\n| stage | |\n|---|---|\n{stages}",
+        description="Stages run and skipped by the scheduled pipeline",
+    )
     logger.info("%d stages ran, %d unchanged", len(ran), len(skipped))
     return {"ran": ran, "skipped": skipped}
 

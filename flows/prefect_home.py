@@ -31,8 +31,9 @@ def project_home(root: Path | str = ".") -> Path:
     return Path(root).resolve() / STATE_DIR
 
 
-def use_project_home(environ: MutableMapping[str, str] = os.environ,
-                     root: Path | str = ".") -> Path | None:
+def use_project_home(
+    environ: MutableMapping[str, str] = os.environ, root: Path | str = "."
+) -> Path | None:
     """Set PREFECT_HOME in `environ` to `project_home(root)` unless it is set already; return
     the home set, or None. The user's profiles file, if there is one, stays in use
     (PREFECT_PROFILES_PATH): its active profile still decides the Prefect API (Prefect
@@ -53,4 +54,3 @@ def use_project_home_before_prefect() -> None:
     the state in two."""
     if "prefect" not in sys.modules:
         use_project_home()
-

@@ -31,8 +31,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import NoReturn
 
 PR_SET_PDEATHSIG = 1
 _LINUX = sys.platform.startswith("linux")
@@ -79,8 +80,9 @@ def die_with_parent(sig: int = signal.SIGTERM, parent_pid: int | None = None) ->
     return True
 
 
-def start_child(args: Sequence[str], *, death_signal: int = signal.SIGTERM,
-                **popen_kwargs) -> subprocess.Popen:
+def start_child(
+    args: Sequence[str], *, death_signal: int = signal.SIGTERM, **popen_kwargs
+) -> subprocess.Popen:
     """`subprocess.Popen(args, **popen_kwargs)` in a new session (its own process group, for
     `stop_group`), and on Linux with `death_signal` sent to it when this process dies.
 
@@ -99,8 +101,14 @@ def start_child(args: Sequence[str], *, death_signal: int = signal.SIGTERM,
         program = os.path.join(os.fspath(cwd), program)
     if shutil.which(program, path=path) is None:
         raise FileNotFoundError(2, "No such file or directory", args[0])
-    wrapper = [sys.executable, "-I", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()),
-               str(int(death_signal))]
+    wrapper = [
+        sys.executable,
+        "-I",
+        "-c",
+        _EXEC_WITH_PDEATHSIG,
+        str(os.getpid()),
+        str(int(death_signal)),
+    ]
     return subprocess.Popen(wrapper + args, **popen_kwargs)
 
 
@@ -128,8 +136,9 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_group(process: subprocess.Popen, timeout: float = 20,
-               sig: int = signal.SIGTERM) -> int | None:
+def stop_group(
+    process: subprocess.Popen, timeout: float = 20, sig: int = signal.SIGTERM
+) -> int | None:
     """Stop the process group led by `process` (started by `start_child`): send `sig`, wait up
     to `timeout` s for the leader and the rest of the group to exit, then SIGKILL what is
     left. Returns the leader's exit status (negative: the signal that ended it)."""
@@ -228,6 +237,7 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
 
 # --- Prefect servers ------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -255,26 +265,43 @@ def prefect_server(timeout: float = 90, ephemeral: bool = False) -> Iterator[str
         # As Prefect starts its temporary server: this process's settings (also those set
         # in code, e.g. with temporary_settings), then no UI and the temporary services.
         from prefect.settings import get_current_settings
+
         env.update(get_current_settings().to_environment_variables(exclude_unset=True))
         env.update({"PREFECT__SERVER_EPHEMERAL": "1", "PREFECT_SERVER_UI_ENABLED": "false"})
     env.pop("PREFECT_API_URL", None)
     # Its messages go to a file, not a pipe: nobody reads a pipe during a long run, and a
     # full pipe would block the server.
     with tempfile.TemporaryFile() as messages:
-        server = start_child([sys.executable, "-m", "prefect", "server", "start", "--host",
-                              "127.0.0.1", "--port", str(port)],
-                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=messages)
+        server = start_child(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=messages,
+        )
         try:
             deadline = time.monotonic() + timeout
             while not _healthy(api_url):
                 if server.poll() is not None:
                     messages.seek(0)
-                    raise RuntimeError("the Prefect server exited at start: "
-                                       + messages.read().decode(errors="replace")[-2000:])
+                    raise RuntimeError(
+                        "the Prefect server exited at start: "
+                        + messages.read().decode(errors="replace")[-2000:]
+                    )
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the Prefect server did not answer on {api_url} "
-                                       f"within {timeout:.0f} s")
+                    raise RuntimeError(
+                        f"the Prefect server did not answer on {api_url} within {timeout:.0f} s"
+                    )
                 time.sleep(0.25)
             yield api_url
         finally:
@@ -283,6 +310,7 @@ def prefect_server(timeout: float = 90, ephemeral: bool = False) -> Iterator[str
 
 def _configured_api_url() -> str | None:
     from prefect.settings import PREFECT_API_URL
+
     return PREFECT_API_URL.value() or None
 
 
@@ -297,7 +325,7 @@ def _drain_prefect_workers() -> None:
     for worker in (APILogWorker, EventsWorker):
         try:
             worker.drain_all(timeout=5)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: what is not sent by now is lost anyway
             pass
 
 
@@ -338,9 +366,8 @@ def prefect_server_for_this_process(timeout: float = 90) -> Iterator[str | None]
     if _configured_api_url():
         yield None
         return
-    with prefect_server(timeout=timeout, ephemeral=True) as api_url:
-        with use_prefect_api(api_url):
-            try:
-                yield api_url
-            finally:
-                _drain_prefect_workers()
+    with prefect_server(timeout=timeout, ephemeral=True) as api_url, use_prefect_api(api_url):
+        try:
+            yield api_url
+        finally:
+            _drain_prefect_workers()

@@ -56,6 +56,7 @@ import mlflow
 import requests
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import RestException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from mlflow.tracking.multimedia import compress_image_size
@@ -77,6 +78,7 @@ _REFUSED_FOR_GOOD = {400, 404}  # bad request, no such run: resending cannot hel
 @dataclass(frozen=True)
 class RecorderSummary:
     """What became of the records of one recorder."""
+
     run_id: str
     tracking_uri: str
     spool: Path  # this run's spool folder
@@ -96,16 +98,22 @@ class RecorderSummary:
                 + (f" ({self.last_error})" if self.last_error else "")
                 + f". Nothing is lost: they are kept in {self.spool}. Once the server answers, "
                 f"send them with `python -m flows.recorder replay {self.spool}` (resuming the "
-                "training sends them too).")
+                "training sends them too)."
+            )
         if self.rejected:
-            parts.append(f"{self.rejected} record(s) of run {self.run_id} were refused by "
-                         f"{self.tracking_uri}; they are kept in {self.spool / 'rejected.jsonl'}.")
+            parts.append(
+                f"{self.rejected} record(s) of run {self.run_id} were refused by "
+                f"{self.tracking_uri}; they are kept in {self.spool / 'rejected.jsonl'}."
+            )
         if self.delayed:
-            parts.append(f"{self.delayed} record(s) of run {self.run_id} reached "
-                         f"{self.tracking_uri} late, because it did not answer for a while; "
-                         "they all arrived.")
-        return " ".join(parts) or (f"all {self.sent} record(s) of run {self.run_id} reached "
-                                   f"{self.tracking_uri}.")
+            parts.append(
+                f"{self.delayed} record(s) of run {self.run_id} reached "
+                f"{self.tracking_uri} late, because it did not answer for a while; "
+                "they all arrived."
+            )
+        return " ".join(parts) or (
+            f"all {self.sent} record(s) of run {self.run_id} reached {self.tracking_uri}."
+        )
 
 
 class TrackingRecorder:
@@ -115,18 +123,28 @@ class TrackingRecorder:
     Thread-safe: a sampler thread (SystemMetricsSampler) may record beside the training loop.
     """
 
-    def __init__(self, run_id: str, spool_folder: str | os.PathLike, *,
-                 tracking_uri: str | None = None, timeout: float = 5.0, max_retries: int = 0,
-                 upload_timeout: float = 30.0, retry_after: float = 5.0,
-                 max_retry_after: float = 60.0, max_buffered: int = 10_000,
-                 continues_run: bool = True):
+    def __init__(
+        self,
+        run_id: str,
+        spool_folder: str | os.PathLike,
+        *,
+        tracking_uri: str | None = None,
+        timeout: float = 5.0,
+        max_retries: int = 0,
+        upload_timeout: float = 30.0,
+        retry_after: float = 5.0,
+        max_retry_after: float = 60.0,
+        max_buffered: int = 10_000,
+        continues_run: bool = True,
+    ):
         """`continues_run`: this process goes on recording the run (a resumed training), so an
         end of run (set_terminated) left unsent by an earlier process is dropped rather than
         sent before the new records; `replay` passes False."""
         self.run_id = run_id
         self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-        self.limits = HttpLimits(timeout=timeout, max_retries=max_retries,
-                                 upload_timeout=upload_timeout)
+        self.limits = HttpLimits(
+            timeout=timeout, max_retries=max_retries, upload_timeout=upload_timeout
+        )
         self.client = bounded_client(self.tracking_uri, self.limits)
         self.spool_root = Path(spool_folder)
         self.spool = self.spool_root / run_id
@@ -143,22 +161,25 @@ class TrackingRecorder:
         self._file_has_acked = False  # records.jsonl still lists acknowledged records
         self._next_attempt = 0.0  # time.monotonic() before which no send is tried
         self._pause = retry_after
-        self._artifact_repo = None
+        self._artifact_repo: ArtifactRepository | None = None
         self._images_tagged = False
         self._closed = False
         self._last_error: str | None = None
         self._counts = {"sent": 0, "delayed": 0, "resent": 0, "rejected": 0}
 
         self.spool.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.spool / ".lock", "w")
+        # Held, and locked, for the recorder's life: close() releases it.
+        self._lock_file = open(self.spool / ".lock", "w")  # noqa: SIM115
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise RuntimeError(f"another process is sending the records of {self.spool}; "
-                               "wait for it to end") from None
-        self._write_json(self.spool / "spool.json",
-                         {"run_id": run_id, "tracking_uri": self.tracking_uri})
+            raise RuntimeError(
+                f"another process is sending the records of {self.spool}; wait for it to end"
+            ) from None
+        self._write_json(
+            self.spool / "spool.json", {"run_id": run_id, "tracking_uri": self.tracking_uri}
+        )
         if self._state_file.is_file():
             self._acked_seq = json.loads(self._state_file.read_text())["acked_seq"]
         self._next_seq = self._acked_seq + 1
@@ -168,16 +189,21 @@ class TrackingRecorder:
         self._delayed_through = self._next_seq - 1
         self._warn_about_other_runs()
         if self._unsent():
-            logger.info("sending %d record(s) of run %s left in %s by an earlier process",
-                        self._unsent(), run_id, self.spool)
+            logger.info(
+                "sending %d record(s) of run %s left in %s by an earlier process",
+                self._unsent(),
+                run_id,
+                self.spool,
+            )
             self._send()
 
     # -- what the training loop calls ------------------------------------------------------
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         values = {str(key): float(value) for key, value in metrics.items()}
-        self._record({"kind": "metrics", "step": int(step), "timestamp": _now_ms(),
-                      "values": values})
+        self._record(
+            {"kind": "metrics", "step": int(step), "timestamp": _now_ms(), "values": values}
+        )
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         self.log_metrics({key: value}, step)
@@ -190,9 +216,11 @@ class TrackingRecorder:
         step=...)` stores it (a PNG and a compressed WebP under images/, file names that the
         UI reads), with names fixed now so that a resend replaces rather than adds."""
         from PIL import Image
+
         if not _IMAGE_KEY.match(key):
-            raise ValueError(f"image key {key!r} may only contain letters, digits, _ - . / "
-                             "and spaces")
+            raise ValueError(
+                f"image key {key!r} may only contain letters, digits, _ - . / and spaces"
+            )
         timestamp = _now_ms()
         stem = f"{key.replace('/', '~')}+step+{int(step)}+timestamp+{timestamp}+{uuid.uuid4()}"
 
@@ -203,8 +231,9 @@ class TrackingRecorder:
                 compress_image_size(image).save(folder / f"{stem}+compressed.webp")
             return [f"{stem}.png", f"{stem}+compressed.webp"]
 
-        self._record({"kind": "image", "key": key, "step": int(step), "timestamp": timestamp},
-                     files=write)
+        self._record(
+            {"kind": "image", "key": key, "step": int(step), "timestamp": timestamp}, files=write
+        )
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """A file or a folder (copied now into the spool, so the original may go away)."""
@@ -259,10 +288,14 @@ class TrackingRecorder:
 
     def summary(self) -> RecorderSummary:
         with self._lock:
-            return RecorderSummary(run_id=self.run_id, tracking_uri=self.tracking_uri,
-                                   spool=self.spool, unsent=self._unsent(),
-                                   last_error=self._last_error if self._unsent() else None,
-                                   **self._counts)
+            return RecorderSummary(
+                run_id=self.run_id,
+                tracking_uri=self.tracking_uri,
+                spool=self.spool,
+                unsent=self._unsent(),
+                last_error=self._last_error if self._unsent() else None,
+                **self._counts,
+            )
 
     @property
     def pending(self) -> int:
@@ -311,8 +344,9 @@ class TrackingRecorder:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # the end of a line cut by a crash
-                    logger.warning("skipping the unreadable line %d of %s", number,
-                                   self._records_file)
+                    logger.warning(
+                        "skipping the unreadable line %d of %s", number, self._records_file
+                    )
                     continue
                 self._next_seq = max(self._next_seq, record["seq"] + 1)
                 if record["seq"] <= self._acked_seq:
@@ -386,19 +420,27 @@ class TrackingRecorder:
     def _deliver(self, group: list[dict[str, Any]]) -> None:
         kind = group[0]["kind"]
         if kind in ("metrics", "tag"):
-            metrics = [Metric(key, value, record["timestamp"], record["step"])
-                       for record in group if record["kind"] == "metrics"
-                       for key, value in record["values"].items()]
+            metrics = [
+                Metric(key, value, record["timestamp"], record["step"])
+                for record in group
+                if record["kind"] == "metrics"
+                for key, value in record["values"].items()
+            ]
             tags = {record["key"]: record["value"] for record in group if record["kind"] == "tag"}
-            self.client.log_batch(self.run_id, metrics=metrics,
-                                  tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+            self.client.log_batch(
+                self.run_id,
+                metrics=metrics,
+                tags=[RunTag(k, v) for k, v in tags.items()],
+                synchronous=True,
+            )
         elif kind == "image":
             (record,) = group
             for name in record["files"]:
                 self._upload(self.spool / name, "images")
             if not self._images_tagged:
-                self.client.log_batch(self.run_id, tags=[RunTag(LOGGED_IMAGES_TAG, "True")],
-                                      synchronous=True)
+                self.client.log_batch(
+                    self.run_id, tags=[RunTag(LOGGED_IMAGES_TAG, "True")], synchronous=True
+                )
                 self._images_tagged = True
         elif kind == "artifact":
             (record,) = group
@@ -413,8 +455,9 @@ class TrackingRecorder:
     def _upload(self, path: Path, artifact_path: str | None) -> None:
         if self._artifact_repo is None:
             artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
-            self._artifact_repo = get_artifact_repository(artifact_uri,
-                                                          tracking_uri=self.tracking_uri)
+            self._artifact_repo = get_artifact_repository(
+                artifact_uri, tracking_uri=self.tracking_uri
+            )
         repo = self._artifact_repo
         if not isinstance(repo, HttpArtifactRepository):
             if path.is_dir():
@@ -430,10 +473,17 @@ class TrackingRecorder:
             # As HttpArtifactRepository.log_artifact (MLflow 3.17), bounded, without retries.
             endpoint = posixpath.join("/", *parts, file.name)
             with open(file, "rb") as body:
-                response = http_request(repo._host_creds, endpoint, "PUT", data=body,
-                                        extra_headers={"Content-Type": _guess_mime_type(file.name)},
-                                        max_retries=0, backoff_factor=0, backoff_jitter=0.0,
-                                        timeout=(self.limits.timeout, self.limits.upload_timeout))
+                response = http_request(
+                    repo._host_creds,
+                    endpoint,
+                    "PUT",
+                    data=body,
+                    extra_headers={"Content-Type": _guess_mime_type(file.name)},
+                    max_retries=0,
+                    backoff_factor=0,
+                    backoff_jitter=0.0,
+                    timeout=(self.limits.timeout, self.limits.upload_timeout),
+                )
             augmented_raise_for_status(response)
 
     def _acknowledge(self, group: list[dict[str, Any]]) -> None:
@@ -448,9 +498,14 @@ class TrackingRecorder:
                 shutil.rmtree(self.spool / "files" / str(record["seq"]), ignore_errors=True)
 
     def _reject(self, record: dict[str, Any], error: Exception) -> None:
-        logger.warning("MLflow at %s refused a %s record of run %s for good (%s); it is kept "
-                       "in %s", self.tracking_uri, record["kind"], self.run_id,
-                       _describe(error), self.spool / "rejected.jsonl")
+        logger.warning(
+            "MLflow at %s refused a %s record of run %s for good (%s); it is kept in %s",
+            self.tracking_uri,
+            record["kind"],
+            self.run_id,
+            _describe(error),
+            self.spool / "rejected.jsonl",
+        )
         with open(self.spool / "rejected.jsonl", "a") as out:
             kept = {k: v for k, v in record.items() if not k.startswith("_")}
             out.write(json.dumps({**kept, "error": _describe(error)}) + "\n")
@@ -491,9 +546,13 @@ class TrackingRecorder:
     def _warn_about_other_runs(self) -> None:
         for other in sorted(self.spool_root.glob("*/records.jsonl")):
             if other.parent != self.spool:
-                logger.warning("%s holds records of another MLflow run (%s) that were never "
-                               "sent; send them with `python -m flows.recorder replay %s`",
-                               other.parent, other.parent.name, other.parent)
+                logger.warning(
+                    "%s holds records of another MLflow run (%s) that were never "
+                    "sent; send them with `python -m flows.recorder replay %s`",
+                    other.parent,
+                    other.parent.name,
+                    other.parent,
+                )
 
     @staticmethod
     def _write_json(path: Path, content: dict[str, Any]) -> None:
@@ -523,8 +582,9 @@ def _describe(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def end_run(recorder: TrackingRecorder, status: str = "FINISHED",
-            wait_seconds: float = 30.0) -> RecorderSummary:
+def end_run(
+    recorder: TrackingRecorder, status: str = "FINISHED", wait_seconds: float = 30.0
+) -> RecorderSummary:
     """End the recorder's run in bounded time: its status goes after every record (kept in
     the spool with them when the server is away), then the recorder closes, and MLflow's
     active run, if it is this one, is ended with bounded requests (it is taken off MLflow's
@@ -537,33 +597,46 @@ def end_run(recorder: TrackingRecorder, status: str = "FINISHED",
     return summary
 
 
-def replay(spool_folder: str | os.PathLike, tracking_uri: str | None = None,
-           wait_seconds: float = 30.0) -> list[RecorderSummary]:
+def replay(
+    spool_folder: str | os.PathLike, tracking_uri: str | None = None, wait_seconds: float = 30.0
+) -> list[RecorderSummary]:
     """Send the records left in `spool_folder` (a spool, or one run's folder in it) to their
     runs, at the tracking URI they were recorded for unless `tracking_uri` is given."""
     folder = Path(spool_folder)
-    runs = [folder] if (folder / "spool.json").is_file() else sorted(
-        p.parent for p in folder.glob("*/spool.json"))
+    runs = (
+        [folder]
+        if (folder / "spool.json").is_file()
+        else sorted(p.parent for p in folder.glob("*/spool.json"))
+    )
     summaries = []
     for run_folder in runs:
         saved = json.loads((run_folder / "spool.json").read_text())
-        recorder = TrackingRecorder(saved["run_id"], run_folder.parent,
-                                    tracking_uri=tracking_uri or saved["tracking_uri"],
-                                    continues_run=False)
+        recorder = TrackingRecorder(
+            saved["run_id"],
+            run_folder.parent,
+            tracking_uri=tracking_uri or saved["tracking_uri"],
+            continues_run=False,
+        )
         summaries.append(recorder.close(wait_seconds))
     return summaries
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.recorder",
-                                     description="Send MLflow records left in a spool folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.recorder", description="Send MLflow records left in a spool folder."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     send = commands.add_parser("replay", help="send the records kept in a spool folder")
     send.add_argument("spool_folder")
-    send.add_argument("--tracking-uri", help="where to send them (default: where they were "
-                                             "recorded for)")
-    send.add_argument("--wait", type=float, default=30.0,
-                      help="seconds to keep trying while the server does not answer")
+    send.add_argument(
+        "--tracking-uri", help="where to send them (default: where they were recorded for)"
+    )
+    send.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to keep trying while the server does not answer",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summaries = replay(args.spool_folder, args.tracking_uri, args.wait)

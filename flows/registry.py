@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from flows import tracking
 
 if TYPE_CHECKING:
+    from abp.models import Generator
     from flows.experiment import Experiment
 
 
@@ -35,7 +36,7 @@ def model_name(experiment: str) -> str:
     return f"abp-{experiment}"
 
 
-def version_tags(exp: Experiment, generator: torch.nn.Module, run_id: str) -> dict[str, str]:
+def version_tags(exp: Experiment, generator: Generator, run_id: str) -> dict[str, str]:
     """What a registered version needs to be used without the repository: shapes, data,
     the run it came from and the experiment's settings."""
     tags = {
@@ -57,22 +58,25 @@ def usage(name: str, version: str, tags: dict[str, str]) -> str:
     """The version's description: what it generates and how to draw a sample."""
     latent = json.loads(tags["latent_shape"])
     rate = "".join(f", {k} {tags[k]}" for k in ("fps", "sample_rate") if k in tags)
-    return (f"ABP {tags['generator_kind']} generator of params.yaml experiments."
-            f"{tags['experiment']}, trained on {tags['dataset']} ({tags['dataset_kind']}, signals "
-            f"of shape {tags['signal_shape']}{rate}; data digest {tags['data_digest']}) in MLflow "
-            f"run {tags['mlflow_run_id']}.\n\n"
-            f"Draw samples: z ~ N(0, I) of shape (n, {', '.join(map(str, latent))}) gives n "
-            f"signals in [-1, 1]:\n\n"
-            f"    from flows import registry\n"
-            f"    x = registry.sample({tags['experiment']!r}, n=16, seed=0, version={version})\n\n"
-            f"or with MLflow alone:\n\n"
-            f"    import mlflow, torch\n"
-            f"    generator = mlflow.pytorch.load_model(\"models:/{name}/{version}\")\n"
-            f"    x = generator(torch.randn(16, {', '.join(map(str, latent))}))\n")
+    return (
+        f"ABP {tags['generator_kind']} generator of params.yaml experiments."
+        f"{tags['experiment']}, trained on {tags['dataset']} ({tags['dataset_kind']}, signals "
+        f"of shape {tags['signal_shape']}{rate}; data digest {tags['data_digest']}) in MLflow "
+        f"run {tags['mlflow_run_id']}.\n\n"
+        f"Draw samples: z ~ N(0, I) of shape (n, {', '.join(map(str, latent))}) gives n "
+        f"signals in [-1, 1]:\n\n"
+        f"    from flows import registry\n"
+        f"    x = registry.sample({tags['experiment']!r}, n=16, seed=0, version={version})\n\n"
+        f"or with MLflow alone:\n\n"
+        f"    import mlflow, torch\n"
+        f'    generator = mlflow.pytorch.load_model("models:/{name}/{version}")\n'
+        f"    x = generator(torch.randn(16, {', '.join(map(str, latent))}))\n"
+    )
 
 
-def register(exp: Experiment, generator: torch.nn.Module, run_id: str, model_uri: str,
-             heldout_error: float) -> tuple[str, bool]:
+def register(
+    exp: Experiment, generator: Generator, run_id: str, model_uri: str, heldout_error: float
+) -> tuple[str, bool]:
     """Register the logged generator as a new version of `abp-<experiment>`, with its tags
     and description; move `champion` to it if it beats the champion. Returns (version,
     whether it became champion)."""
@@ -110,12 +114,17 @@ def _find_version(name: str, version: int | str | None, uri: str):
     known = [m.name for m in client.search_registered_models(max_results=100)]
     there = ", ".join(sorted(known)) or "none"
     old = name.replace("_", "-")  # the name evaluations used before the naming rule
-    renamed = (f" {old} is this experiment's model under the old naming: evaluate again to "
-               f"register it as {name}." if old != name and old in known else "")
+    renamed = (
+        f" {old} is this experiment's model under the old naming: evaluate again to "
+        f"register it as {name}."
+        if old != name and old in known
+        else ""
+    )
     raise NotRegistered(
         f"no {wanted} of the registered model {name} in {uri} (registered models there: "
         f"{there}).{renamed} Evaluate the experiment to register it (python -m flows.evaluate "
-        f"{name.removeprefix('abp-')}), or set MLFLOW_TRACKING_URI to the store that holds it.")
+        f"{name.removeprefix('abp-')}), or set MLFLOW_TRACKING_URI to the store that holds it."
+    )
 
 
 def _latent_shape(found, model_uri: str) -> tuple[int, ...]:
@@ -126,8 +135,9 @@ def _latent_shape(found, model_uri: str) -> tuple[int, ...]:
     return tuple(int(d) for d in signature.inputs.inputs[0].shape[1:])
 
 
-def load(experiment: str, version: int | str | None = None, *,
-         tracking_uri: str | None = None) -> tuple[torch.nn.Module, VersionInfo]:
+def load(
+    experiment: str, version: int | str | None = None, *, tracking_uri: str | None = None
+) -> tuple[torch.nn.Module, VersionInfo]:
     """The generator registered for `experiment` (its champion, or `version`), and what its
     version says about it. The store is `tracking_uri`, else MLFLOW_TRACKING_URI, else
     ./mlflow.db."""
@@ -137,13 +147,25 @@ def load(experiment: str, version: int | str | None = None, *,
     name = model_name(experiment)
     found = _find_version(name, version, uri)
     model_uri = f"models:/{name}/{found.version}"  # pinned: the alias may move meanwhile
-    info = VersionInfo(name, str(found.version), model_uri, _latent_shape(found, model_uri),
-                       dict(found.tags), found.description or "")
+    info = VersionInfo(
+        name,
+        str(found.version),
+        model_uri,
+        _latent_shape(found, model_uri),
+        dict(found.tags),
+        found.description or "",
+    )
     return mlflow.pytorch.load_model(model_uri), info
 
 
-def sample(experiment: str, n: int = 16, seed: int = 0, version: int | str | None = None, *,
-           tracking_uri: str | None = None) -> torch.Tensor:
+def sample(
+    experiment: str,
+    n: int = 16,
+    seed: int = 0,
+    version: int | str | None = None,
+    *,
+    tracking_uri: str | None = None,
+) -> torch.Tensor:
     """n signals (in [−1, 1], channels first) from the registered generator of
     `experiment` (its champion, or `version`) at z ~ N(0, I) drawn with `seed`."""
     generator, info = load(experiment, version, tracking_uri=tracking_uri)

@@ -24,9 +24,17 @@ from abp import media
 COMPARED_EXAMPLES = {"image": 8, "video": 3, "audio": 3}  # columns a comparison shows
 
 
-def write_media(signals: torch.Tensor, kind: str, folder: Path, stem: str, *,
-                fps: float = 8, sample_rate: int = 8000, max_sounds: int = 4,
-                sound_and_video_folder: Path | None = None) -> list[Path]:
+def write_media(
+    signals: torch.Tensor,
+    kind: str,
+    folder: Path,
+    stem: str,
+    *,
+    fps: float = 8,
+    sample_rate: int = 8000,
+    max_sounds: int = 4,
+    sound_and_video_folder: Path | None = None,
+) -> list[Path]:
     """Write `signals` as media files named <stem>… in `folder` (PNG pictures) and in
     `sound_and_video_folder` (mp4 and wav; `folder` too if None); return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -34,19 +42,33 @@ def write_media(signals: torch.Tensor, kind: str, folder: Path, stem: str, *,
     if kind == "image":
         return [media.save_png(media.image_grid(signals), folder / f"{stem}.png")]
     if kind == "video":
-        return [media.write_mp4(signals, other / f"{stem}.mp4", fps=fps),
-                media.save_png(media.clip_frames_grid(signals), folder / f"{stem}_frames.png")]
+        return [
+            media.write_mp4(signals, other / f"{stem}.mp4", fps=fps),
+            media.save_png(media.clip_frames_grid(signals), folder / f"{stem}_frames.png"),
+        ]
     if kind == "audio":  # one gain for the file: the loudest sound peaks at PEAK_DBFS
         sounds = signals[:max_sounds]
-        return [media.write_wav(media.joined_sounds(sounds, sample_rate=sample_rate),
-                                other / f"{stem}.wav", sample_rate=sample_rate),
-                spectrograms({stem: sounds}, sample_rate, folder / f"{stem}_spectrograms.png")]
+        return [
+            media.write_wav(
+                media.joined_sounds(sounds, sample_rate=sample_rate),
+                other / f"{stem}.wav",
+                sample_rate=sample_rate,
+            ),
+            spectrograms({stem: sounds}, sample_rate, folder / f"{stem}_spectrograms.png"),
+        ]
     raise ValueError(f"no media for kind {kind!r}")
 
 
-def write_comparison(rows: dict[str, torch.Tensor], kind: str, folder: Path, stem: str, *,
-                     fps: float = 8, sample_rate: int = 8000,
-                     sound_and_video_folder: Path | None = None) -> list[Path]:
+def write_comparison(
+    rows: dict[str, torch.Tensor],
+    kind: str,
+    folder: Path,
+    stem: str,
+    *,
+    fps: float = 8,
+    sample_rate: int = 8000,
+    sound_and_video_folder: Path | None = None,
+) -> list[Path]:
     """The same examples by several methods, `rows` = {label: signals}, one labelled row per
     method: images as one PNG; video as a PNG of frames (for each clip, one row per method,
     time left to right) and an mp4 (a row per method, a column per clip); sound as a PNG of
@@ -59,21 +81,29 @@ def write_comparison(rows: dict[str, torch.Tensor], kind: str, folder: Path, ste
     n = min(COMPARED_EXAMPLES[kind], *(len(r) for r in rows.values()))
     labels, signals = list(rows), [r[:n].float().cpu() for r in rows.values()]
     if kind == "image":
-        return [media.save_png(media.side_by_side(*signals, labels=labels),
-                               folder / f"{stem}.png")]
+        return [media.save_png(media.side_by_side(*signals, labels=labels), folder / f"{stem}.png")]
     if kind == "video":
-        per_clip = torch.cat([media.frames_of(s[i:i + 1]) for i in range(n) for s in signals])
+        per_clip = torch.cat([media.frames_of(s[i : i + 1]) for i in range(n) for s in signals])
         row_labels = [f"#{i + 1} {label}" for i in range(n) for label in labels]
         frames = media.labelled_grid(per_clip, row_labels, ncol=signals[0].shape[2])
-        return [media.save_png(frames, folder / f"{stem}.png"),
-                media.write_mp4(torch.cat(signals), other / f"{stem}.mp4", fps=fps, ncol=n,
-                                labels=labels)]
+        return [
+            media.save_png(frames, folder / f"{stem}.png"),
+            media.write_mp4(
+                torch.cat(signals), other / f"{stem}.mp4", fps=fps, ncol=n, labels=labels
+            ),
+        ]
     if kind == "audio":
         gains = [media.peak_gain(signals[0][i]) for i in range(n)]
         in_turn = torch.stack([s[i] * gains[i] for i in range(n) for s in signals])
-        return [spectrograms(dict(zip(labels, signals)), sample_rate, folder / f"{stem}.png"),
-                media.write_wav(media.joined_sounds(in_turn, sample_rate=sample_rate),
-                                other / f"{stem}.wav", sample_rate=sample_rate, gain=1.0)]
+        return [
+            spectrograms(dict(zip(labels, signals)), sample_rate, folder / f"{stem}.png"),
+            media.write_wav(
+                media.joined_sounds(in_turn, sample_rate=sample_rate),
+                other / f"{stem}.wav",
+                sample_rate=sample_rate,
+                gain=1.0,
+            ),
+        ]
     raise ValueError(f"no media for kind {kind!r}")
 
 
@@ -103,8 +133,15 @@ def spectrograms(rows: dict[str, torch.Tensor], sample_rate: int, path: Path) ->
                 ax.set_visible(False)
                 continue
             seconds = rows[label][c].numel() / sample_rate
-            image = ax.imshow(row[c], origin="lower", aspect="auto", cmap="magma",
-                              vmin=top - 80, vmax=top, extent=(0, seconds, 0, sample_rate / 2))
+            image = ax.imshow(
+                row[c],
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                vmin=top - 80,
+                vmax=top,
+                extent=(0, seconds, 0, sample_rate / 2),
+            )
             ax.set_title(f"#{c + 1} {label}" if n_cols > 1 else label, fontsize=9)
             if c == 0:
                 ax.set_ylabel("frequency (Hz)")

@@ -40,16 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not os.environ.get("PREFECT_API_URL"):
-        print("error: a schedule needs a Prefect server: start `make prefect-ui` (the "
-              "pipeline's Prefect server and UI) and set "
-              "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        print(
+            "error: a schedule needs a Prefect server: start `make prefect-ui` (the "
+            "pipeline's Prefect server and UI) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
         return 2
     # Ctrl-C as SIGTERM, which the runner handles: it cancels the flow runs in progress (each
     # stops its `dvc repro` group) and exits. On KeyboardInterrupt it would wait for them.
     signal.signal(signal.SIGINT, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
-    pipeline.serve(name=DEPLOYMENT, schedule=Cron(cfg.cron, timezone=cfg.timezone),
-                   parameters={"targets": cfg.targets, "repo": str(Path(args.repo).resolve())},
-                   description="dvc repro of the ABP pipeline on a schedule")
+    pipeline.serve(
+        name=DEPLOYMENT,
+        schedule=Cron(cfg.cron, timezone=cfg.timezone),
+        parameters={"targets": cfg.targets, "repo": str(Path(args.repo).resolve())},
+        description="dvc repro of the ABP pipeline on a schedule",
+    )
     return 0
 
 

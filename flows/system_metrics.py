@@ -29,19 +29,22 @@ class SystemMetricsSampler:
         from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
         from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
         from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
         # MLflow's own setting for its monitor (10 s by default) sets ours too.
         self.recorder = recorder
-        self.interval = interval or float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))
+        self.interval = interval or float(
+            os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10")
+        )
         self.monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
         with contextlib.suppress(Exception):  # no NVIDIA GPU or no pynvml
             from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
             self.monitors.append(GPUMonitor())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> SystemMetricsSampler:
-        self._thread = threading.Thread(target=self._run, name="SystemMetricsSampler",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="SystemMetricsSampler", daemon=True)
         self._thread.start()
         return self
 
@@ -54,7 +57,8 @@ class SystemMetricsSampler:
         """After a resume, continue the steps of the run's system metrics."""
         try:
             history = self.recorder.client.get_metric_history(
-                self.recorder.run_id, "system/cpu_utilization_percentage")
+                self.recorder.run_id, "system/cpu_utilization_percentage"
+            )
         except Exception:  # noqa: BLE001 - the server is down: start at 0
             return 0
         return max((m.step for m in history), default=-1) + 1

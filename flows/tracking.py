@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.data.sources import (  # type: ignore[attr-defined]  # MLflow makes it at import
+    LocalArtifactDatasetSource,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -70,7 +72,10 @@ def experiment_id(name: str) -> str:
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by another process
-        return mlflow.get_experiment_by_name(name).experiment_id
+        created = mlflow.get_experiment_by_name(name)
+        if created is None:  # not that: MLflow's error says what was wrong
+            raise
+        return created.experiment_id
 
 
 def run_exists(run_id: str) -> bool:
@@ -100,8 +105,13 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def experiment_params(exp) -> dict[str, Any]:
     """An experiment's settings as MLflow records them (run params, model version tags):
     flattened, with the generator's sizes the data fixes resolved."""
-    return flatten({"dataset": exp.cfg.dataset, **exp.cfg.model_dump(exclude={"dataset"}),
-                    "generator_resolved": exp.generator_config()})
+    return flatten(
+        {
+            "dataset": exp.cfg.dataset,
+            **exp.cfg.model_dump(exclude={"dataset"}),
+            "generator_resolved": exp.generator_config(),
+        }
+    )
 
 
 def require_store(uri: str) -> None:
@@ -112,13 +122,15 @@ def require_store(uri: str) -> None:
         raise TrackingUnavailable(
             f"there is no MLflow store at {path.resolve()} (tracking URI {uri}): run from "
             "the repository root (where make run records into mlflow.db), or set "
-            "MLFLOW_TRACKING_URI to the store that holds the runs")
+            "MLFLOW_TRACKING_URI to the store that holds the runs"
+        )
 
 
 def git_commit(root: Path = Path(".")) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -164,18 +176,30 @@ def log_dataset(name: str, manifest: dict[str, Any], folder: Path) -> MetaDatase
     Dataset column): its name, its digest (data_digest), the prepared folder as the source,
     and as input tags its origin, kind, signal shape and example counts. Metadata only: the
     tensors stay in the folder (DVC versions them)."""
-    dataset = MetaDataset(LocalArtifactDatasetSource(str(Path(folder).resolve())), name=name,
-                          digest=data_digest(manifest))
+    # MLflow declares Dataset.profile abstract, but Dataset is no ABC and MetaDataset (meant
+    # to be instantiated) leaves it out.
+    dataset = MetaDataset(  # type: ignore[abstract]
+        LocalArtifactDatasetSource(str(Path(folder).resolve())),
+        name=name,
+        digest=data_digest(manifest),
+    )
     counts = manifest.get("counts", {})
-    mlflow.log_input(dataset, context="training", tags={
-        "source": data_origin(manifest), "kind": str(manifest.get("kind")),
-        "signal_shape": json.dumps(manifest["shapes"]["train"][1:]),
-        **{f"{split}_examples": str(n) for split, n in counts.items()}})
+    mlflow.log_input(
+        dataset,
+        context="training",
+        tags={
+            "source": data_origin(manifest),
+            "kind": str(manifest.get("kind")),
+            "signal_shape": json.dumps(manifest["shapes"]["train"][1:]),
+            **{f"{split}_examples": str(n) for split, n in counts.items()},
+        },
+    )
     return dataset
 
 
-def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...],
-              run_id: str | None = None) -> str:
+def log_model(
+    generator: torch.nn.Module, latent_shape: tuple[int, ...], run_id: str | None = None
+) -> str:
     """Log the generator as an MLflow model (pt2 format: no pickle), with an input example
     and signature, into the active run, or into the run `run_id` without reopening it (an
     ended run keeps its end time); return its model URI."""
@@ -188,19 +212,26 @@ def log_model(generator: torch.nn.Module, latent_shape: tuple[int, ...],
         # Created here in the run's experiment: without an active run MLflow would put
         # the model in its Default experiment.
         model = mlflow.initialize_logged_model(
-            name="generator", source_run_id=run_id,
-            experiment_id=mlflow.get_run(run_id).info.experiment_id)
+            name="generator",
+            source_run_id=run_id,
+            experiment_id=mlflow.get_run(run_id).info.experiment_id,
+        )
         into_run = {"run_id": run_id, "model_id": model.model_id}
-    info = mlflow.pytorch.log_model(generator, name="generator", input_example=example,
-                                    signature=infer_signature(example, output),
-                                    serialization_format="pt2",
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                    **into_run)
+    info = mlflow.pytorch.log_model(
+        generator,
+        name="generator",
+        input_example=example,
+        signature=infer_signature(example, output),
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        **into_run,
+    )
     return info.model_uri
 
 
-def promote_if_better(model_name: str, version: str, heldout_error: float,
-                      metric: str = "heldout_mae") -> bool:
+def promote_if_better(
+    model_name: str, version: str, heldout_error: float, metric: str = "heldout_mae"
+) -> bool:
     """Move the `champion` alias to `version` if its held-out error is finite and beats the
     current champion's (or there is none, or the champion's own error is not a finite
     number). The error is kept as a tag on the version."""
@@ -254,8 +285,10 @@ def _check_server(uri: str, timeout: float) -> None:
             why = f"no answer within {timeout:g} s"
         else:
             why = str(reason)
-    raise TrackingUnavailable(f"{_named(uri)}: no MLflow server answers there ({why}); start "
-                              f"it, or unset MLFLOW_TRACKING_URI to record into {default_uri()}")
+    raise TrackingUnavailable(
+        f"{_named(uri)}: no MLflow server answers there ({why}); start "
+        f"it, or unset MLFLOW_TRACKING_URI to record into {default_uri()}"
+    )
 
 
 def _check_sqlite(uri: str, timeout: float) -> None:
@@ -263,8 +296,11 @@ def _check_sqlite(uri: str, timeout: float) -> None:
     if database is None:  # in memory
         return
     path = database.resolve()
-    advice = ("point MLFLOW_TRACKING_URI to another store" if _named(uri).startswith("MLFLOW")
-              else "set MLFLOW_TRACKING_URI to another store")
+    advice = (
+        "point MLFLOW_TRACKING_URI to another store"
+        if _named(uri).startswith("MLFLOW")
+        else "set MLFLOW_TRACKING_URI to another store"
+    )
     if path.is_dir():
         raise TrackingUnavailable(f"{path} is a folder, not an SQLite database: {advice}")
     if path.exists():
@@ -275,24 +311,30 @@ def _check_sqlite(uri: str, timeout: float) -> None:
         except sqlite3.OperationalError as error:
             raise TrackingUnavailable(f"{path} cannot be opened ({error}): {advice}") from None
         except sqlite3.DatabaseError as error:
-            raise TrackingUnavailable(f"{path} is not an SQLite database ({error}): move it "
-                                      "aside or set MLFLOW_TRACKING_URI") from None
+            raise TrackingUnavailable(
+                f"{path} is not an SQLite database ({error}): move it "
+                "aside or set MLFLOW_TRACKING_URI"
+            ) from None
         try:  # really try: a permission check says yes to root, and knows no read-only mount
             with open(path, "r+b"):
                 pass
         except OSError as error:
-            raise TrackingUnavailable(f"{path} is read-only ({error.strerror}): make it "
-                                      f"writable or {advice}") from None
+            raise TrackingUnavailable(
+                f"{path} is read-only ({error.strerror}): make it writable or {advice}"
+            ) from None
     if not path.parent.is_dir():
-        raise TrackingUnavailable(f"the folder {path.parent} of {path} does not exist: create "
-                                  f"it or {advice}")
+        raise TrackingUnavailable(
+            f"the folder {path.parent} of {path} does not exist: create it or {advice}"
+        )
     try:  # SQLite writes its journal beside the database
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
             pass
     except OSError as error:
-        raise TrackingUnavailable(f"the folder {path.parent} of {path} is read-only "
-                                  f"({error.strerror}); SQLite needs to write there: make it "
-                                  f"writable or {advice}") from None
+        raise TrackingUnavailable(
+            f"the folder {path.parent} of {path} is read-only "
+            f"({error.strerror}); SQLite needs to write there: make it "
+            f"writable or {advice}"
+        ) from None
 
 
 def end_run(status: str = "FINISHED", timeout: float = 5) -> None:
@@ -307,5 +349,8 @@ def end_run(status: str = "FINISHED", timeout: float = 5) -> None:
             mlflow.end_run(status)
     except Exception as error:  # noqa: BLE001 - the training is over: report, do not fail it
         logging.getLogger(__name__).warning(
-            "MLflow at %s did not record the end of the run (%s): %s", mlflow.get_tracking_uri(),
-            status, str(error).splitlines()[0][:200])
+            "MLflow at %s did not record the end of the run (%s): %s",
+            mlflow.get_tracking_uri(),
+            status,
+            str(error).splitlines()[0][:200],
+        )

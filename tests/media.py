@@ -10,7 +10,9 @@ import soundfile
 from PIL import Image
 
 
-def write_images(folder: Path, n: int, size=(40, 30), mode="RGB", suffix=".png", seed=0) -> list[Path]:
+def write_images(
+    folder: Path, n: int, size=(40, 30), mode="RGB", suffix=".png", seed=0
+) -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

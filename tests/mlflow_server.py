@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def free_port() -> int:
@@ -54,23 +54,43 @@ class MlflowServer:
             return self
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server",
-                 "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                 "--artifacts-destination", str(self.folder / "artifacts"),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                     "MLFLOW_DISABLE_TELEMETRY": "true"},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.folder / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(self.folder / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                env={
+                    **os.environ,
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the MLflow server exited at start (code "
-                                   f"{self.process.returncode}): "
-                                   + self.log.read_text(errors="replace")[-2000:])
+                raise RuntimeError(
+                    f"the MLflow server exited at start (code "
+                    f"{self.process.returncode}): " + self.log.read_text(errors="replace")[-2000:]
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the MLflow server did not answer on {self.uri} within "
-                                   f"{timeout:.0f} s")
+                raise RuntimeError(
+                    f"the MLflow server did not answer on {self.uri} within {timeout:.0f} s"
+                )
             time.sleep(0.2)
         return self
 

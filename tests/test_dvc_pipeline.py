@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from dvc.utils.serialize import dumps_yaml
+
+# Real `dvc repro` runs in subprocesses: `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -23,14 +27,25 @@ def tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["bundled"] = {"digits": {**params["bundled"]["digits"]}}
     params["datasets"] = {}
-    params["variants"] = {"digits_P50": {"base": "digits", "kind": "occlusion",
-                                         "pattern": "salt_pepper", "hidden_fraction": 0.5,
-                                         "block": 3, "seed": 1}}
-    params["experiments"] = {"digits_P50": {
-        "dataset": "digits_P50", "generator": {"kind": "image", "latent_dim": 4, "widths": [16]},
-        "abp": {"langevin_steps": 2, "batch_size": 256, "learning_rate": 0.003},
-        "training": {"epochs": 2, "checkpoint_every": 1, "media_every": 1},
-        "evaluation": {"n_steps": 10}}}
+    params["variants"] = {
+        "digits_P50": {
+            "base": "digits",
+            "kind": "occlusion",
+            "pattern": "salt_pepper",
+            "hidden_fraction": 0.5,
+            "block": 3,
+            "seed": 1,
+        }
+    }
+    params["experiments"] = {
+        "digits_P50": {
+            "dataset": "digits_P50",
+            "generator": {"kind": "image", "latent_dim": 4, "widths": [16]},
+            "abp": {"langevin_steps": 2, "batch_size": 256, "learning_rate": 0.003},
+            "training": {"epochs": 2, "checkpoint_every": 1, "media_every": 1},
+            "evaluation": {"n_steps": 10},
+        }
+    }
     return params
 
 
@@ -40,19 +55,31 @@ def dvc(copy: Path, *args: str, runs_stages: bool = True) -> subprocess.Complete
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     server = [sys.executable, "-m", "flows.local_server", "--"] if runs_stages else []
-    return subprocess.run([*server, "dvc", *args], cwd=copy, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        [*server, "dvc", *args],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def git(copy: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=copy,
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def json_of(result: subprocess.CompletedProcess):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    return json.loads(out[min(i for i in (out.find("{"), out.find("[")) if i >= 0):])
+    return json.loads(out[min(i for i in (out.find("{"), out.find("[")) if i >= 0) :])
 
 
 def ran(result: subprocess.CompletedProcess) -> list[str]:
@@ -74,8 +101,13 @@ def test_dvc_repro_runs_every_stage_reruns_only_what_changed_and_compares_metric
     git(copy, "commit", "-qm", "copy")
 
     first = dvc(copy, "repro")
-    stages = ("bundled@digits", "variant@digits_P50", "train@digits_P50", "evaluate@digits_P50",
-              "report")
+    stages = (
+        "bundled@digits",
+        "variant@digits_P50",
+        "train@digits_P50",
+        "evaluate@digits_P50",
+        "report",
+    )
     assert ran(first) == [f"Running stage '{stage}':" for stage in stages]
     shown = json_of(dvc(copy, "metrics", "show", "--json", runs_stages=False))
     values = next(iter(shown.values()))["data"][METRICS]["data"]
@@ -120,12 +152,26 @@ def test_dvc_repro_runs_every_stage_reruns_only_what_changed_and_compares_metric
     assert experiments[0]["data"]["metrics"][METRICS]["data"]["heldout_mae"] == heldout["new"]
 
     # `make exp-show`: the setting that changed and the errors that matter, nothing else.
-    shown = subprocess.run(["make", "-s", "exp-show", f"BIN={BIN}", "EXP=digits_P50"], cwd=copy,
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        ["make", "-s", "exp-show", f"BIN={BIN}", "EXP=digits_P50"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     table = shown.strip().splitlines()
     header = [column.strip() for column in table[0].strip("|").split("|")]
     assert header[0] == "Experiment"
     assert header[-1] == "experiments.digits_P50.evaluation.n_steps"
-    assert {"heldout_mae", "pca_heldout_mae", "train_hidden_mae"} <= set(header[1:-1]) <= {
-        "heldout_mae", "pca_heldout_mae", "trivial_heldout_mae", "train_mae", "train_hidden_mae"}
+    assert (
+        {"heldout_mae", "pca_heldout_mae", "train_hidden_mae"}
+        <= set(header[1:-1])
+        <= {
+            "heldout_mae",
+            "pca_heldout_mae",
+            "trivial_heldout_mae",
+            "train_mae",
+            "train_hidden_mae",
+        }
+    )
     assert len(table) == 2 + 3  # header, rule, workspace, the commit, the experiment

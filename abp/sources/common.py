@@ -4,9 +4,10 @@ where they came from, and the error type."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import torch
 
@@ -58,21 +59,25 @@ class Clips:
     def names(self, files: list[Path] | None = None) -> list[str]:
         """Names relative to the source folder (of `files`, default all), never the
         absolute paths of the machine that prepared them."""
-        return [f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else f.name
-                for f in (self.files if files is None else files)]
+        return [
+            f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else f.name
+            for f in (self.files if files is None else files)
+        ]
 
 
-def gather_clips(per_file: list[tuple[Path, torch.Tensor]], *, stride: int,
-                 max_clips: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                 list[int]]:
+def gather_clips(
+    per_file: list[tuple[Path, torch.Tensor]], *, stride: int, max_clips: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """Concatenate each file's clips (clip k of a file starts at k·stride), keep the first
     `max_clips`, and return (x, file, start, the indices into per_file of the files that
     still have a clip)."""
     x = torch.cat([clips for _, clips in per_file])[:max_clips]
-    file = torch.cat([torch.full((len(c),), i, dtype=torch.int64)
-                      for i, (_, c) in enumerate(per_file)])[:max_clips]
-    start = torch.cat([torch.arange(len(c), dtype=torch.int64) * stride
-                       for _, c in per_file])[:max_clips]
+    file = torch.cat(
+        [torch.full((len(c),), i, dtype=torch.int64) for i, (_, c) in enumerate(per_file)]
+    )[:max_clips]
+    start = torch.cat([torch.arange(len(c), dtype=torch.int64) * stride for _, c in per_file])[
+        :max_clips
+    ]
     used = sorted(set(file.tolist()))
     renumber = torch.full((len(per_file),), -1, dtype=torch.int64)
     renumber[used] = torch.arange(len(used))
@@ -96,13 +101,16 @@ def find_files(location: Path, suffixes: Iterable[str], what: str) -> list[Path]
         raise SourceError(f"{location}: no such file or folder (expected {what})")
     files = sorted(p for p in location.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise SourceError(f"{location}: the folder has no {what} (looked for "
-                          f"{', '.join(sorted(suffixes))}, recursively)")
+        raise SourceError(
+            f"{location}: the folder has no {what} (looked for "
+            f"{', '.join(sorted(suffixes))}, recursively)"
+        )
     return files
 
 
-def read_all(files: list[Path], read: Callable[[Path], T], *, on_corrupt: OnCorrupt,
-             what: str) -> tuple[list[tuple[Path, T]], list[Skipped]]:
+def read_all(
+    files: list[Path], read: Callable[[Path], T], *, on_corrupt: OnCorrupt, what: str
+) -> tuple[list[tuple[Path, T]], list[Skipped]]:
     """Read every file; per the policy, skip (and record) or fail on one that cannot be read.
 
     A corrupt file is warned about on its own line; files too short for one clip are
@@ -118,8 +126,10 @@ def read_all(files: list[Path], read: Callable[[Path], T], *, on_corrupt: OnCorr
         except Exception as error:  # any decoder error means "this file is unreadable"
             reason = f"{type(error).__name__}: {error}"
             if on_corrupt == "fail":
-                raise SourceError(f"{path}: cannot read this {what} ({reason}); fix or remove "
-                                  "it, or set on_corrupt: skip to leave such files out") from error
+                raise SourceError(
+                    f"{path}: cannot read this {what} ({reason}); fix or remove "
+                    "it, or set on_corrupt: skip to leave such files out"
+                ) from error
             if isinstance(error, TooShort):
                 short.append(Skipped(str(path), reason))
             else:
@@ -128,9 +138,17 @@ def read_all(files: list[Path], read: Callable[[Path], T], *, on_corrupt: OnCorr
     if short:
         names = ", ".join(Path(s.path).name for s in short[:SHOWN_NAMES])
         more = f" and {len(short) - SHOWN_NAMES} more" if len(short) > SHOWN_NAMES else ""
-        log.warning("skipping %d %s files too short for one clip: %s%s (first: %s)",
-                    len(short), what, names, more, short[0].reason)
+        log.warning(
+            "skipping %d %s files too short for one clip: %s%s (first: %s)",
+            len(short),
+            what,
+            names,
+            more,
+            short[0].reason,
+        )
     if not good:
-        raise SourceError(f"none of the {len(files)} {what} files could be read; first: "
-                          f"{skipped[0].path} ({skipped[0].reason})")
+        raise SourceError(
+            f"none of the {len(files)} {what} files could be read; first: "
+            f"{skipped[0].path} ({skipped[0].reason})"
+        )
     return good, skipped

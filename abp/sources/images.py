@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ def image_suffixes() -> set[str]:
     return set(Image.registered_extensions())
 
 
-def to_tensor(image: Image.Image, *, size: int, channels: int, crop: Crop = "center") -> torch.Tensor:
+def to_tensor(
+    image: Image.Image, *, size: int, channels: int, crop: Crop = "center"
+) -> torch.Tensor:
     """One PIL image → C×size×size float32 in [−1, 1]: center-cropped to a square (or
     squeezed, with crop="none"), resized, converted to grayscale (C=1) or RGB (C=3)."""
     if channels not in (1, 3):
@@ -28,8 +31,10 @@ def to_tensor(image: Image.Image, *, size: int, channels: int, crop: Crop = "cen
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         image = image.crop((left, top, left + side, top + side))
-    image = image.resize((size, size), Image.Resampling.LANCZOS if size < min(image.size)
-                         else Image.Resampling.BICUBIC)
+    image = image.resize(
+        (size, size),
+        Image.Resampling.LANCZOS if size < min(image.size) else Image.Resampling.BICUBIC,
+    )
     array = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
     return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1).contiguous()
 
@@ -50,21 +55,30 @@ def _read_image(path: Path) -> Image.Image:
         return image.copy()
 
 
-def load_image_folder(folder: Path, *, size: int, channels: int, crop: Crop = "center",
-                      max_images: int | None = None, on_corrupt: OnCorrupt = "skip"
-                      ) -> tuple[torch.Tensor, list[Path], list[Skipped]]:
+def load_image_folder(
+    folder: Path,
+    *,
+    size: int,
+    channels: int,
+    crop: Crop = "center",
+    max_images: int | None = None,
+    on_corrupt: OnCorrupt = "skip",
+) -> tuple[torch.Tensor, list[Path], list[Skipped]]:
     """All images under `folder` (recursively, sorted by path; at most `max_images`).
     Returns (N×C×size×size tensor, the files used, the files skipped)."""
     files = find_files(folder, image_suffixes(), "image files")
     if max_images is not None:
         files = files[:max_images]
     good, skipped = read_all(files, _read_image, on_corrupt=on_corrupt, what="image")
-    images = torch.stack([to_tensor(img, size=size, channels=channels, crop=crop)
-                          for _, img in good])
+    images = torch.stack(
+        [to_tensor(img, size=size, channels=channels, crop=crop) for _, img in good]
+    )
     return images, [path for path, _ in good], skipped
 
 
-def images_from_arrays(arrays: Sequence[np.ndarray], *, size: int, channels: int,
-                       crop: Crop = "center") -> torch.Tensor:
-    return torch.stack([to_tensor(array_to_image(a), size=size, channels=channels, crop=crop)
-                        for a in arrays])
+def images_from_arrays(
+    arrays: Sequence[np.ndarray], *, size: int, channels: int, crop: Crop = "center"
+) -> torch.Tensor:
+    return torch.stack(
+        [to_tensor(array_to_image(a), size=size, channels=channels, crop=crop) for a in arrays]
+    )

@@ -14,22 +14,31 @@ Colour: `channels: 1` converts each frame to PIL's luminance (L = 0.299 R + 0.58
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import av
 import torch
 
-from abp.sources.common import (Clips, OnCorrupt, SourceError, TooShort, find_files,
-                                gather_clips, read_all, source_root)
+from abp.sources.common import (
+    Clips,
+    OnCorrupt,
+    SourceError,
+    TooShort,
+    find_files,
+    gather_clips,
+    read_all,
+    source_root,
+)
 from abp.sources.images import Crop, to_tensor
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv"}
 _SAME_TIME = 1e-6  # seconds: timestamps closer than this are the same instant
 
 
-def nearest_in_time(frames: Iterable[av.VideoFrame], native_fps: float,
-                    fps: float) -> Iterator[av.VideoFrame]:
+def nearest_in_time(
+    frames: Iterable[av.VideoFrame], native_fps: float, fps: float
+) -> Iterator[av.VideoFrame]:
     """The frames nearest in time to 0, 1/fps, 2/fps, … (times counted from the first
     frame), up to the end of the last frame's display (1/native_fps after it starts)."""
     j = 0
@@ -44,9 +53,10 @@ def nearest_in_time(frames: Iterable[av.VideoFrame], native_fps: float,
         while j / fps <= time + _SAME_TIME:  # every target up to now: this frame or the last
             target = j / fps
             # A tie goes to the earlier frame, the one still on screen at that time.
-            closer_before = (previous is not None
-                             and target - previous[0] <= time - target + _SAME_TIME)
-            yield previous[1] if closer_before else frame
+            if previous is not None and target - previous[0] <= time - target + _SAME_TIME:
+                yield previous[1]
+            else:
+                yield frame
             j += 1
         previous = (time, frame)
     if previous is not None:
@@ -55,9 +65,16 @@ def nearest_in_time(frames: Iterable[av.VideoFrame], native_fps: float,
             j += 1
 
 
-def read_frames(path: Path, *, size: int, channels: int, crop: Crop = "center",
-                fps: float | None = None, frame_step: int = 1,
-                max_frames: int | None = None) -> tuple[torch.Tensor, float]:
+def read_frames(
+    path: Path,
+    *,
+    size: int,
+    channels: int,
+    crop: Crop = "center",
+    fps: float | None = None,
+    frame_step: int = 1,
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, float]:
     """The frames of the first video stream as T×C×size×size in [−1, 1]: resampled to `fps`
     (None: the file's own rate), then every `frame_step`-th, at most `max_frames` of them.
     Also returns the file's own frame rate."""
@@ -70,8 +87,9 @@ def read_frames(path: Path, *, size: int, channels: int, crop: Crop = "center",
         decoded: Iterable[av.VideoFrame] = container.decode(stream)
         if fps is not None and not math.isclose(native, fps, rel_tol=1e-6):
             if native <= 0:
-                raise ValueError(f"its frame rate is unknown, so it cannot be resampled to "
-                                 f"{fps:g} fps")
+                raise ValueError(
+                    f"its frame rate is unknown, so it cannot be resampled to {fps:g} fps"
+                )
             decoded = nearest_in_time(decoded, native, fps)
         for index, frame in enumerate(decoded):
             if index % frame_step:
@@ -92,10 +110,20 @@ def to_clips(frames: torch.Tensor, *, length: int, stride: int) -> torch.Tensor:
     return clips.permute(0, 1, 4, 2, 3).contiguous()
 
 
-def load_video_clips(location: Path, *, size: int, channels: int, clip_frames: int,
-                     clip_stride: int, fps: float | None = None, frame_step: int = 1,
-                     crop: Crop = "center", max_frames: int | None = None,
-                     max_clips: int | None = None, on_corrupt: OnCorrupt = "skip") -> Clips:
+def load_video_clips(
+    location: Path,
+    *,
+    size: int,
+    channels: int,
+    clip_frames: int,
+    clip_stride: int,
+    fps: float | None = None,
+    frame_step: int = 1,
+    crop: Crop = "center",
+    max_frames: int | None = None,
+    max_clips: int | None = None,
+    on_corrupt: OnCorrupt = "skip",
+) -> Clips:
     """Clips from one video file or every video under a folder; clips never span two files.
 
     Every file is brought to `fps` (default: the first readable file's rate; see the module
@@ -104,8 +132,10 @@ def load_video_clips(location: Path, *, size: int, channels: int, clip_frames: i
     clips are single frames N×C×H×W.
     """
     if clip_frames < 1 or clip_stride < 1 or frame_step < 1:
-        raise SourceError(f"clip_frames={clip_frames}, clip_stride={clip_stride} and "
-                          f"frame_step={frame_step} must all be ≥ 1")
+        raise SourceError(
+            f"clip_frames={clip_frames}, clip_stride={clip_stride} and "
+            f"frame_step={frame_step} must all be ≥ 1"
+        )
     if fps is not None and fps <= 0:
         raise SourceError(f"fps={fps} must be > 0")
     files = find_files(location, VIDEO_SUFFIXES, "video files")
@@ -113,19 +143,33 @@ def load_video_clips(location: Path, *, size: int, channels: int, clip_frames: i
 
     def read(path: Path) -> tuple[torch.Tensor, float]:
         nonlocal rate
-        frames, native = read_frames(path, size=size, channels=channels, crop=crop, fps=rate,
-                                     frame_step=frame_step, max_frames=max_frames)
+        frames, native = read_frames(
+            path,
+            size=size,
+            channels=channels,
+            crop=crop,
+            fps=rate,
+            frame_step=frame_step,
+            max_frames=max_frames,
+        )
         clips = to_clips(frames, length=clip_frames, stride=clip_stride)
         if rate is None and native > 0:
             rate = native
         return clips, native
 
     good, skipped = read_all(files, read, on_corrupt=on_corrupt, what="video")
-    x, file, start, used = gather_clips([(path, clips) for path, (clips, _) in good],
-                                        stride=clip_stride, max_clips=max_clips)
+    x, file, start, used = gather_clips(
+        [(path, clips) for path, (clips, _) in good], stride=clip_stride, max_clips=max_clips
+    )
     if clip_frames == 1:
         x = x.squeeze(2)
-    return Clips(x=x, file=file, start=start, files=[good[i][0] for i in used],
-                 root=source_root(location),
-                 rate=(rate or 0.0) / frame_step, file_rates=[good[i][1][1] for i in used],
-                 skipped=skipped)
+    return Clips(
+        x=x,
+        file=file,
+        start=start,
+        files=[good[i][0] for i in used],
+        root=source_root(location),
+        rate=(rate or 0.0) / frame_step,
+        file_rates=[good[i][1][1] for i in used],
+        skipped=skipped,
+    )

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from abp.datasets import (read_manifest, read_split, split_by_source, split_indices,
-                          write_prepared)
+from abp.datasets import read_manifest, read_split, split_by_source, split_indices, write_prepared
 
 
 def test_split_is_a_reproducible_partition():
@@ -30,16 +29,23 @@ def test_one_file_splits_by_time_with_a_gap_of_one_clip():
     # 61 clips of 8 frames every 4 (bikes): the last 12 are test; training clips end at
     # least 8 frames before the first test clip begins, so 3 clips in between go nowhere.
     file, start = clips_of([61], stride=4)
-    train, test, record = split_by_source(file, start, names=["v.mp4"], clip_length=8,
-                                          test_fraction=0.2, seed=0, unit="frames")
+    train, test, record = split_by_source(
+        file, start, names=["v.mp4"], clip_length=8, test_fraction=0.2, seed=0, unit="frames"
+    )
     assert test.tolist() == list(range(49, 61)) and train.tolist() == list(range(46))
     assert int(start[train].max()) + 8 + 8 <= int(start[test].min())
     assert record["by"] == "time" and record["gap"] == 8 and record["unit"] == "frames"
     assert record["stretches"] == [{"file": "v.mp4", "train": [0, 188], "test": [196, 248]}]
     assert record["unused_clips"] == 3 and record["test_share"] == round(12 / 58, 4)
     with pytest.raises(ValueError, match="leave no training clip"):
-        split_by_source(*clips_of([3], stride=4), names=["v.mp4"], clip_length=8,
-                        test_fraction=0.5, seed=0, unit="frames")
+        split_by_source(
+            *clips_of([3], stride=4),
+            names=["v.mp4"],
+            clip_length=8,
+            test_fraction=0.5,
+            seed=0,
+            unit="frames",
+        )
 
 
 def test_enough_files_split_by_whole_files_drawn_from_the_seed():
@@ -47,16 +53,18 @@ def test_enough_files_split_by_whole_files_drawn_from_the_seed():
     names = [f"f{i}.wav" for i in range(10)]
     splits = {}
     for seed in range(4):
-        train, test, record = split_by_source(file, start, names=names, clip_length=4,
-                                              test_fraction=0.2, seed=seed, unit="samples")
+        train, test, record = split_by_source(
+            file, start, names=names, clip_length=4, test_fraction=0.2, seed=seed, unit="samples"
+        )
         assert record["by"] == "file" and len(test) == 10 and len(train) == 40
         assert set(file[test].tolist()).isdisjoint(file[train].tolist())
         assert sorted(record["train_files"] + record["test_files"]) == names
         assert {names[f] for f in file[test].tolist()} == set(record["test_files"])
         splits[seed] = record["test_files"]
     assert len({tuple(v) for v in splits.values()}) > 1  # the seed draws the files
-    again = split_by_source(file, start, names=names, clip_length=4, test_fraction=0.2,
-                            seed=3, unit="samples")[2]["test_files"]
+    again = split_by_source(
+        file, start, names=names, clip_length=4, test_fraction=0.2, seed=3, unit="samples"
+    )[2]["test_files"]
     assert again == splits[3]
 
 
@@ -64,14 +72,19 @@ def test_too_few_files_for_the_fraction_split_each_file_by_time():
     # Two files at test_fraction 0.2: a whole file would be half the data, so each file's
     # last fifth is its test stretch instead.
     file, start = clips_of([20, 10], stride=2)
-    train, test, record = split_by_source(file, start, names=["a", "b"], clip_length=4,
-                                          test_fraction=0.2, seed=0, unit="samples")
+    train, test, record = split_by_source(
+        file, start, names=["a", "b"], clip_length=4, test_fraction=0.2, seed=0, unit="samples"
+    )
     assert record["by"] == "time" and record["test_files"] == ["a", "b"]
     for f in (0, 1):
         train_starts, test_starts = start[train][file[train] == f], start[test][file[test] == f]
         assert int(train_starts.max()) + 4 + 4 <= int(test_starts.min())
-    assert split_by_source(file, start, names=["a", "b"], clip_length=4, test_fraction=0.0,
-                           seed=0, unit="samples")[2]["by"] == "none"
+    assert (
+        split_by_source(
+            file, start, names=["a", "b"], clip_length=4, test_fraction=0.0, seed=0, unit="samples"
+        )[2]["by"]
+        == "none"
+    )
 
 
 def test_prepared_folder_round_trips_and_replaces_atomically(tmp_path):

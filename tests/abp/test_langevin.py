@@ -34,9 +34,9 @@ def make_linear_generator(seed: int = 0) -> LinearGenerator:
 
 
 def exact_posterior(W: torch.Tensor, b: torch.Tensor, y: torch.Tensor, sigma: float):
-    precision = torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / sigma ** 2
+    precision = torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / sigma**2
     cov = torch.linalg.inv(precision)
-    mean = cov @ W.T @ (y - b) / sigma ** 2
+    mean = cov @ W.T @ (y - b) / sigma**2
     return mean, cov, precision
 
 
@@ -51,8 +51,10 @@ def langevin_settings(precision: torch.Tensor) -> tuple[float, int]:
 def assert_matches_posterior(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor):
     n = samples.shape[0]
     standard_error = torch.sqrt(torch.diagonal(cov) / n)
-    assert torch.all((samples.mean(0) - mean).abs() < 5 * standard_error + 0.01 * mean.abs()), \
-        (samples.mean(0), mean)
+    assert torch.all((samples.mean(0) - mean).abs() < 5 * standard_error + 0.01 * mean.abs()), (
+        samples.mean(0),
+        mean,
+    )
     sample_cov = torch.cov(samples.T)
     relative = torch.linalg.norm(sample_cov - cov) / torch.linalg.norm(cov)
     assert relative < 0.12, (sample_cov, cov)
@@ -71,8 +73,16 @@ def run_chains(g, y, observation, precision, seed=2):
     rng = torch.Generator().manual_seed(seed)
     batch_y = y.repeat_interleave(CHAINS, dim=0)
     z0 = torch.randn(len(batch_y), d, generator=rng, dtype=torch.float64)
-    return infer(g, batch_y, z0, sigma=SIGMA, step_size=step_size, n_steps=n_steps,
-                 observation=observation, rng=rng)
+    return infer(
+        g,
+        batch_y,
+        z0,
+        sigma=SIGMA,
+        step_size=step_size,
+        n_steps=n_steps,
+        observation=observation,
+        rng=rng,
+    )
 
 
 def test_identity_matches_exact_posterior_for_each_example_in_the_batch():
@@ -82,7 +92,7 @@ def test_identity_matches_exact_posterior_for_each_example_in_the_batch():
     precision = posteriors[0][2]
     z = run_chains(g, y, None, precision)
     for i, (mean, cov, _) in enumerate(posteriors):
-        assert_matches_posterior(z[i * CHAINS:(i + 1) * CHAINS], mean, cov)
+        assert_matches_posterior(z[i * CHAINS : (i + 1) * CHAINS], mean, cov)
     # The two observations have clearly different posteriors: cross-talk would show.
     assert (posteriors[0][0] - posteriors[1][0]).abs().max() > 0.5
 
@@ -102,7 +112,7 @@ def test_mask_matches_posterior_of_observed_rows_and_ignores_hidden_entries():
     precision = max((p[2] for p in posteriors), key=lambda p: float(torch.linalg.eigvalsh(p).max()))
     z = run_chains(g, y, per_chain_mask, precision)
     for i, (mean, cov, _) in enumerate(posteriors):
-        assert_matches_posterior(z[i * CHAINS:(i + 1) * CHAINS], mean, cov)
+        assert_matches_posterior(z[i * CHAINS : (i + 1) * CHAINS], mean, cov)
 
     # Hidden entries have no influence at all: garbage there gives the very same chains.
     garbage = torch.where(masks.bool(), y, torch.full_like(y, 1e6))
@@ -120,16 +130,24 @@ def test_projection_matches_posterior_of_the_projected_model():
     posteriors = [exact_posterior(W, b, y_i, SIGMA) for y_i in y]
     z = run_chains(g, y, projection, posteriors[0][2])
     for i, (mean, cov, _) in enumerate(posteriors):
-        assert_matches_posterior(z[i * CHAINS:(i + 1) * CHAINS], mean, cov)
+        assert_matches_posterior(z[i * CHAINS : (i + 1) * CHAINS], mean, cov)
 
 
 def test_gradient_descent_without_noise_converges_to_posterior_mean():
     g = make_linear_generator()
     y = two_observations(g)
-    means = torch.stack([exact_posterior(g.weight.detach(), g.bias.detach(), y_i, SIGMA)[0]
-                         for y_i in y])
-    z = infer(g, y, torch.zeros(2, d, dtype=torch.float64), sigma=SIGMA, step_size=0.3,
-              n_steps=2000, noise=False)
+    means = torch.stack(
+        [exact_posterior(g.weight.detach(), g.bias.detach(), y_i, SIGMA)[0] for y_i in y]
+    )
+    z = infer(
+        g,
+        y,
+        torch.zeros(2, d, dtype=torch.float64),
+        sigma=SIGMA,
+        step_size=0.3,
+        n_steps=2000,
+        noise=False,
+    )
     torch.testing.assert_close(z, means, atol=1e-8, rtol=0)
 
 
@@ -139,8 +157,14 @@ def test_each_chain_is_the_same_alone_or_in_any_batch():
     y = torch.randn(6, D, generator=rng, dtype=torch.float64)
     z0 = torch.randn(6, d, generator=rng, dtype=torch.float64)
     together = infer(g, y, z0, sigma=SIGMA, step_size=0.1, n_steps=50, noise=False)
-    alone = torch.cat([infer(g, y[i:i + 1], z0[i:i + 1], sigma=SIGMA, step_size=0.1,
-                             n_steps=50, noise=False) for i in range(6)])
+    alone = torch.cat(
+        [
+            infer(
+                g, y[i : i + 1], z0[i : i + 1], sigma=SIGMA, step_size=0.1, n_steps=50, noise=False
+            )
+            for i in range(6)
+        ]
+    )
     torch.testing.assert_close(together, alone, atol=1e-12, rtol=0)
 
 
@@ -161,6 +185,13 @@ def test_reconstruct_recovers_hidden_entries_of_a_linear_signal():
     mask = torch.ones_like(x)
     mask[:, :2] = 0  # 6 observed entries determine 3 latents: the hidden 2 follow
     # A small σ makes the MAP close to the noise-free solution.
-    _, x_hat = reconstruct(g, mask * x, latent_shape=(d,), sigma=0.01, step_size=0.004,
-                           n_steps=20000, observation=Mask(mask))
+    _, x_hat = reconstruct(
+        g,
+        mask * x,
+        latent_shape=(d,),
+        sigma=0.01,
+        step_size=0.004,
+        n_steps=20000,
+        observation=Mask(mask),
+    )
     torch.testing.assert_close(x_hat, x, atol=2e-3, rtol=0)

@@ -22,10 +22,12 @@ def test_salt_and_pepper_blocks_hide_the_target_fraction(target):
 
 
 def test_masks_are_reproducible_from_the_seed():
-    a = masks.block_occlusion(3, (16, 16), block=2, hidden_fraction=0.5,
-                              rng=torch.Generator().manual_seed(7))
-    b = masks.block_occlusion(3, (16, 16), block=2, hidden_fraction=0.5,
-                              rng=torch.Generator().manual_seed(7))
+    a = masks.block_occlusion(
+        3, (16, 16), block=2, hidden_fraction=0.5, rng=torch.Generator().manual_seed(7)
+    )
+    b = masks.block_occlusion(
+        3, (16, 16), block=2, hidden_fraction=0.5, rng=torch.Generator().manual_seed(7)
+    )
     assert torch.equal(a, b)
 
 
@@ -53,7 +55,7 @@ def test_missing_frames_and_audio_segments():
 
 def test_masks_that_would_hide_everything_are_refused():
     rng = torch.Generator()
-    with pytest.raises(ValueError, match="hides everything|hide everything"):
+    with pytest.raises(ValueError, match=r"hides everything|hide everything"):
         masks.square_region(1, (16, 16), side=16, rng=rng)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         masks.block_occlusion(1, (16, 16), block=2, hidden_fraction=1.0, rng=rng)

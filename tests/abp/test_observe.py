@@ -34,14 +34,15 @@ def test_mask_rejects_values_other_than_zero_and_one():
 
 def test_local_average_works_on_audio_along_one_dimension():
     x = torch.arange(12.0).view(1, 1, 12)
-    torch.testing.assert_close(LocalAverage(block=3, n_dims=1)(x),
-                               torch.tensor([[[1.0, 4.0, 7.0, 10.0]]]))
+    torch.testing.assert_close(
+        LocalAverage(block=3, n_dims=1)(x), torch.tensor([[[1.0, 4.0, 7.0, 10.0]]])
+    )
 
 
 def test_per_example_mask_selects_the_batch_and_counts_observed_entries():
     masks = torch.zeros(4, 1, 2, 2)
     masks[1, 0, 0] = 1  # example 1 shows its first row
-    masks[3] = 1        # example 3 shows everything
+    masks[3] = 1  # example 3 shows everything
     op = Mask(masks)
     batch = op.select(torch.tensor([3, 1]))
     y = torch.ones(2, 1, 2, 2)

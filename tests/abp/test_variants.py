@@ -9,7 +9,8 @@ from abp.variants import measurement_spec, occlusion_mask, operator_from_spec, s
 
 def test_occlusion_patterns_fit_their_signal_kinds():
     rng = torch.Generator().manual_seed(0)
-    images, clips, audio = torch.zeros(4, 3, 32, 32), torch.zeros(2, 3, 8, 16, 16), torch.zeros(3, 1, 512)
+    images, clips = torch.zeros(4, 3, 32, 32), torch.zeros(2, 3, 8, 16, 16)
+    audio = torch.zeros(3, 1, 512)
     m = occlusion_mask(images, pattern="salt_pepper", hidden_fraction=0.7, block=3, rng=rng)
     assert m.shape == (4, 1, 32, 32) and abs(1 - m.float().mean() - 0.7) < 0.01
     m = occlusion_mask(images, pattern="square", side=20, rng=rng)  # 20 at 64 → 10 at 32
@@ -20,7 +21,9 @@ def test_occlusion_patterns_fit_their_signal_kinds():
     assert torch.all((hidden_per_frame >= 0.5) & (hidden_per_frame < 0.6))
     m = occlusion_mask(audio, pattern="missing_segments", hidden_fraction=0.2, block=16, rng=rng)
     assert m.shape == (3, 1, 512)
-    with pytest.raises(ValueError, match="'missing_frames' is for video data, but this data set holds image"):
+    with pytest.raises(
+        ValueError, match="'missing_frames' is for video data, but this data set holds image"
+    ):
         occlusion_mask(images, pattern="missing_frames", hidden_fraction=0.5, rng=rng)
     with pytest.raises(ValueError, match="needs hidden_fraction and block"):
         occlusion_mask(images, pattern="salt_pepper", hidden_fraction=0.5, rng=rng)
@@ -35,7 +38,9 @@ def test_projection_is_rebuilt_exactly_from_its_stored_spec():
     assert a(x).shape == (5, 16)
     avg = operator_from_spec(measurement_spec(x, operator="local_average", block=2))
     assert isinstance(avg, LocalAverage) and avg(x).shape == (5, 1, 4, 4)
-    audio_avg = operator_from_spec(measurement_spec(torch.rand(2, 1, 64), operator="local_average", block=4))
+    audio_avg = operator_from_spec(
+        measurement_spec(torch.rand(2, 1, 64), operator="local_average", block=4)
+    )
     assert audio_avg(torch.rand(2, 1, 64)).shape == (2, 1, 16)
 
 

@@ -1,6 +1,7 @@
 """Interruptions: Ctrl-C, SIGTERM or SIGKILL of a run stops every process the run started.
 
-First the parts (flows.process) on a command whose child is a `sleep`; then real `make run`, DVC, Prefect servers and training on a tiny copy of the repository (as
+First the parts (flows.process) on a command whose child is a `sleep`; then real `make run`,
+DVC, Prefect servers and training on a tiny copy of the repository (as
 tests/test_dvc_pipeline.py makes it), with enough epochs that the training is still running
 when the signal comes. Every process of a run is recorded while it runs (walking the
 descendants of the top process), so that the ones the kernel re-parents to PID 1 are still
@@ -22,7 +23,6 @@ from pathlib import Path
 import psutil  # a dependency of DVC
 import pytest
 import yaml
-
 from test_dvc_pipeline import REPO, tiny_params
 
 BIN = Path(sys.executable).parent
@@ -33,8 +33,11 @@ CHECKPOINT = Path("models") / EXPERIMENT / "checkpoints" / "last.pt"
 
 
 def run_env(prefect_home: Path) -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_HOME": str(prefect_home)}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(prefect_home),
+    }
     for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MAKEFLAGS", "MFLAGS"):
         env.pop(key, None)
     return env
@@ -46,22 +49,36 @@ def prepared(tmp_path_factory) -> Path:
     home whose database is created (each test copies both: a fresh database costs ~10 s)."""
     root = tmp_path_factory.mktemp("interrupts")
     copy = root / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in files:
         if name != "dvc.lock" and (REPO / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, copy / name)
     params = tiny_params()
     params["experiments"][EXPERIMENT]["training"].update(
-        {"epochs": EPOCHS, "checkpoint_every": 1, "media_every": EPOCHS})
+        {"epochs": EPOCHS, "checkpoint_every": 1, "media_every": EPOCHS}
+    )
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t",
-                                                    "commit", "-qm", "copy"]):
+    for command in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(["git", *command], cwd=copy, check=True)
-    result = subprocess.run([sys.executable, "-m", "flows.local_server", "--", "dvc", "repro",
-                             f"variant@{EXPERIMENT}"], cwd=copy, env=run_env(root / "prefect"),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.local_server", "--", "dvc", "repro", f"variant@{EXPERIMENT}"],
+        cwd=copy,
+        env=run_env(root / "prefect"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
 
@@ -86,9 +103,15 @@ class Run:
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str], log: Path):
         self.log = log
         with open(log, "wb") as out:
-            self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.top = psutil.Process(self.popen.pid)
         self.seen: dict[int, tuple[psutil.Process, str]] = {}
 
@@ -117,16 +140,23 @@ class Run:
             if condition():
                 return
             if self.popen.poll() is not None:
-                pytest.fail(f"the run ended (exit {self.popen.returncode}) before {what}:\n"
-                            + self.output()[-4000:])
+                pytest.fail(
+                    f"the run ended (exit {self.popen.returncode}) before {what}:\n"
+                    + self.output()[-4000:]
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"no {what} within {timeout} s:\n" + self.output()[-4000:])
             time.sleep(0.2)
 
     def wait_until_training(self, repo: Path, timeout: float = 150) -> None:
         """Until a `flows.train` process runs and has written its first checkpoint."""
-        self.wait_for("training", lambda: any("flows.train" in c for c in self.commands())
-                      and (repo / CHECKPOINT).is_file(), timeout)
+        self.wait_for(
+            "training",
+            lambda: (
+                any("flows.train" in c for c in self.commands()) and (repo / CHECKPOINT).is_file()
+            ),
+            timeout,
+        )
 
     def survivors(self, timeout: float = STOPPED_WITHIN) -> list[str]:
         """The processes of the run still alive after up to `timeout` s."""
@@ -193,8 +223,13 @@ run_command(main)
 
 
 def _command(mode: str) -> tuple[subprocess.Popen, psutil.Process]:
-    command = subprocess.Popen([sys.executable, "-c", COMMAND, mode], cwd=REPO, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = subprocess.Popen(
+        [sys.executable, "-c", COMMAND, mode],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     return command, psutil.Process(int(command.stdout.readline()))
 
 
@@ -235,8 +270,12 @@ def test_a_child_dies_with_its_parent_even_on_sigkill():
 
 def make_run(repo: Path, tmp_path: Path) -> Run:
     # VENV is this interpreter's environment; -o: never remake its .installed (no install).
-    return Run(["make", "run", f"VENV={sys.prefix}", "-o", f"{sys.prefix}/.installed"],
-               cwd=repo, env=run_env(tmp_path / "prefect"), log=tmp_path / "make.log")
+    return Run(
+        ["make", "run", f"VENV={sys.prefix}", "-o", f"{sys.prefix}/.installed"],
+        cwd=repo,
+        env=run_env(tmp_path / "prefect"),
+        log=tmp_path / "make.log",
+    )
 
 
 def test_ctrl_c_on_make_run_stops_every_process_and_leaves_no_stale_lock(repo, tmp_path):
@@ -263,10 +302,14 @@ def test_ctrl_c_on_make_run_stops_every_process_and_leaves_no_stale_lock(repo, t
         run.kill_all()
 
     # No stale DVC lock: the interrupted stage runs again (resuming its checkpoint).
-    again = subprocess.run([sys.executable, "-m", "flows.local_server", "--", "dvc", "repro",
-                            f"train@{EXPERIMENT}"],
-                           cwd=repo, env=run_env(tmp_path / "prefect"), capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "flows.local_server", "--", "dvc", "repro", f"train@{EXPERIMENT}"],
+        cwd=repo,
+        env=run_env(tmp_path / "prefect"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"Running stage 'train@{EXPERIMENT}'" in again.stdout
     assert (repo / "models" / EXPERIMENT / "generator.pt").is_file()
@@ -288,8 +331,12 @@ def test_sigkill_of_make_mid_training_leaves_no_process(repo, tmp_path):
 def test_sigkill_of_a_training_without_a_prefect_server_leaves_no_server(repo, tmp_path):
     """Prefect's own temporary server (a plain child, stopped only at a normal exit) would
     survive this; the one flows.process starts for the training dies with it."""
-    run = Run([sys.executable, "-m", "flows.train", EXPERIMENT], cwd=repo,
-              env=run_env(tmp_path / "prefect"), log=tmp_path / "train.log")
+    run = Run(
+        [sys.executable, "-m", "flows.train", EXPERIMENT],
+        cwd=repo,
+        env=run_env(tmp_path / "prefect"),
+        log=tmp_path / "train.log",
+    )
     try:
         run.wait_until_training(repo)
         commands = run.commands()

@@ -62,10 +62,12 @@ def test_training_outlives_its_tracking_server(workspace, tmp_path):
         assert "python -m flows.recorder replay models/tiny/tracking_spool" in log
         # Every epoch the server missed waits on disk (tests/flows/test_recorder.py replays
         # such a spool into a restarted server, exactly once).
-        spooled = [json.loads(line) for path in (ws.models / "tracking_spool").rglob(
-            "records.jsonl") for line in path.read_text().splitlines()]
-        missed = {r["step"] for r in spooled if r["kind"] == "metrics"
-                  and "energy" in r["values"]}
+        spooled = [
+            json.loads(line)
+            for path in (ws.models / "tracking_spool").rglob("records.jsonl")
+            for line in path.read_text().splitlines()
+        ]
+        missed = {r["step"] for r in spooled if r["kind"] == "metrics" and "energy" in r["values"]}
         assert 16 in missed and missed <= set(range(13, 17)), spooled[:3]
         assert any(r["kind"] == "terminate" and r["status"] == "FINISHED" for r in spooled)
 

@@ -18,10 +18,12 @@ from mlflow import MlflowClient
 from abp.models import ImageGenerator
 from abp.train import ABPConfig, ABPTrainer
 
-KILLED_WRITER = ("import os, sys\nfrom abp.files import atomic_path\n"
-                 "with atomic_path(sys.argv[1]) as tmp:\n"
-                 "    tmp.write_bytes(open(sys.argv[1], 'rb').read()[:1000])\n"
-                 "    os.kill(os.getpid(), 9)\n")
+KILLED_WRITER = (
+    "import os, sys\nfrom abp.files import atomic_path\n"
+    "with atomic_path(sys.argv[1]) as tmp:\n"
+    "    tmp.write_bytes(open(sys.argv[1], 'rb').read()[:1000])\n"
+    "    os.kill(os.getpid(), 9)\n"
+)
 
 
 def weights_and_bank(models):
@@ -82,7 +84,8 @@ def test_kill_9_at_random_epochs_then_rerun_equals_an_uninterrupted_run(workspac
         _, err = training.communicate()
         assert training.returncode == -9, f"the training ended before the kill: {err[-2000:]}"
         if killed:
-            assert f"resumed from models/tiny/checkpoints/last.pt at epoch {killed[-1]}" in flat(err)
+            resumed = f"resumed from models/tiny/checkpoints/last.pt at epoch {killed[-1]}"
+            assert resumed in flat(err)
         killed.append(ws.checkpoint_epoch())
     assert killed == sorted(killed) and killed[-1] < 16, killed
 
@@ -112,9 +115,13 @@ def test_divergence_stops_keeps_the_last_good_checkpoint_and_the_champion(worksp
     assert champion(ws) == "1"
 
     for generator, abp, culprit in [
-            (None, {"step_size": 50.0}, "step_size"),
-            ({"kind": "linear", "latent_dim": 4}, {"step_size": 0.1, "optimizer": "sgd",
-                                                   "learning_rate": 10.0}, "learning_rate")]:
+        (None, {"step_size": 50.0}, "step_size"),
+        (
+            {"kind": "linear", "latent_dim": 4},
+            {"step_size": 0.1, "optimizer": "sgd", "learning_rate": 10.0},
+            "learning_rate",
+        ),
+    ]:
         if generator:
             ws.set("generator", **generator)
         ws.set("abp", **abp)
@@ -193,8 +200,12 @@ def test_one_training_per_experiment_and_an_interrupted_one_lets_go(workspace):
 def test_a_damaged_checkpoint_is_named_and_restart_sets_it_aside(workspace):
     ws = workspace
     # A real checkpoint of this experiment's shape, cut short as a full disk would leave it.
-    trainer = ABPTrainer(ImageGenerator(latent_dim=4, image_size=16, channels=1, widths=(16, 8)),
-                         torch.zeros(18, 1, 16, 16), ABPConfig(), device="cpu")
+    trainer = ABPTrainer(
+        ImageGenerator(latent_dim=4, image_size=16, channels=1, widths=(16, 8)),
+        torch.zeros(18, 1, 16, 16),
+        ABPConfig(),
+        device="cpu",
+    )
     whole = trainer.save_checkpoint(ws.checkpoint).read_bytes()
     ws.checkpoint.write_bytes(whole[:500])
     damaged = ws.run("train", "tiny")
@@ -212,8 +223,9 @@ def test_a_damaged_checkpoint_is_named_and_restart_sets_it_aside(workspace):
     data.write_bytes(data.read_bytes()[:300])
     damaged = ws.run("train", "tiny")
     assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
-    assert ("error: data/prepared/pics_P50/train.pt cannot be read" in flat(damaged.stderr)
-            and "python -m flows.prepare pics_P50" in flat(damaged.stderr))
+    assert "error: data/prepared/pics_P50/train.pt cannot be read" in flat(
+        damaged.stderr
+    ) and "python -m flows.prepare pics_P50" in flat(damaged.stderr)
 
 
 def test_a_read_only_model_folder_fails_at_once_naming_it(workspace):
@@ -222,9 +234,20 @@ def test_a_read_only_model_folder_fails_at_once_naming_it(workspace):
     # Root ignores file modes, so make the folder really read-only: a read-only bind mount
     # in a private mount namespace of the training process.
     command = " ".join(ws.command("train", "tiny"))
-    done = subprocess.run(["unshare", "-m", "sh", "-c",
-                           f"mount --bind -o ro {ws.models} {ws.models} && exec {command}"],
-                          cwd=ws.path, env=ws.env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount --bind -o ro {ws.models} {ws.models} && exec {command}",
+        ],
+        cwd=ws.path,
+        env=ws.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "error: cannot write to models/tiny: Read-only file system" in done.stderr
     assert "Traceback" not in done.stderr and not (ws.path / "mlflow.db").exists()

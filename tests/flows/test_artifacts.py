@@ -31,6 +31,7 @@ def clone(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "restored after the test")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     from mlflow.tracking._tracking_service import utils
+
     before = utils._tracking_uri  # what mlflow.set_tracking_uri set; restored after
     yield folder
     mlflow.set_tracking_uri(before)
@@ -44,18 +45,33 @@ def record_run(name: str) -> tuple[str, str]:
         mlflow.log_text("energy 1.0", "notes/history.txt")
         model_uri = tracking.log_model(torch.nn.Linear(2, 3), (2,))
     version = mlflow.register_model(model_uri, registry.model_name(name)).version
-    MlflowClient().set_registered_model_alias(registry.model_name(name), tracking.CHAMPION,
-                                              version)
+    MlflowClient().set_registered_model_alias(registry.model_name(name), tracking.CHAMPION, version)
     return run.info.run_id, model_uri.removeprefix("models:/")
 
 
 def start_server(folder: Path, port: int) -> subprocess.Popen:
     """`mlflow server` started in `folder` on its ./mlflow.db, as the README starts it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///mlflow.db",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            "sqlite:///mlflow.db",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -97,6 +113,7 @@ def get(url: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow  # an `mlflow server` process
 def test_a_moved_clone_keeps_its_artifacts_models_and_served_files(clone, monkeypatch):
     run_id, model_id = record_run("moved")
     experiment = mlflow.get_experiment_by_name("abp-moved")
@@ -107,7 +124,8 @@ def test_a_moved_clone_keeps_its_artifacts_models_and_served_files(clone, monkey
     moved = shutil.move(clone, clone.with_name("renamed"))
     monkeypatch.chdir(moved)
     assert mentions(Path(moved) / "mlflow.db", str(clone)) == [
-        "experiments: Default"]  # MLflow's own, which nothing here records into
+        "experiments: Default"
+    ]  # MLflow's own, which nothing here records into
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # as in a new process (configure() set it)
     client = MlflowClient(tracking.configure())  # the default store: now the moved one
     downloaded = client.download_artifacts(run_id, "notes/history.txt", str(moved))
@@ -119,10 +137,11 @@ def test_a_moved_clone_keeps_its_artifacts_models_and_served_files(clone, monkey
     server = start_server(Path(moved), port)
     try:
         base = f"http://127.0.0.1:{port}"
-        assert get(f"{base}/get-artifact?path=notes/history.txt&run_uuid={run_id}") == \
-            b"energy 1.0"
-        mlmodel = get(f"{base}/ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
-                      "?artifact_file_path=MLmodel")
+        assert get(f"{base}/get-artifact?path=notes/history.txt&run_uuid={run_id}") == b"energy 1.0"
+        mlmodel = get(
+            f"{base}/ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
+            "?artifact_file_path=MLmodel"
+        )
         assert b"flavors:" in mlmodel
         # A client of that server, elsewhere, reads the same files through its proxy.
         elsewhere = Path(moved).parent / "elsewhere"
@@ -130,8 +149,9 @@ def test_a_moved_clone_keeps_its_artifacts_models_and_served_files(clone, monkey
         monkeypatch.chdir(elsewhere)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", base)
         mlflow.set_tracking_uri(base)
-        downloaded = MlflowClient(base).download_artifacts(run_id, "notes/history.txt",
-                                                           str(elsewhere))
+        downloaded = MlflowClient(base).download_artifacts(
+            run_id, "notes/history.txt", str(elsewhere)
+        )
         assert Path(downloaded).read_text() == "energy 1.0"
         generator, _ = registry.load("moved")
         assert generator(torch.zeros(1, 2)).shape == (1, 3)
@@ -148,8 +168,10 @@ def test_paths_are_relative_to_the_sqlite_store_and_never_leave_it(tmp_path, mon
     monkeypatch.delenv(artifacts.SERVER_STORE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
-    assert artifacts.local_path("abp-local:/mlartifacts/r/artifacts", store) == \
-        tmp_path / "db" / "mlartifacts" / "r" / "artifacts"
+    assert (
+        artifacts.local_path("abp-local:/mlartifacts/r/artifacts", store)
+        == tmp_path / "db" / "mlartifacts" / "r" / "artifacts"
+    )
     assert artifacts.store_folder("sqlite:///mlflow.db") == tmp_path  # relative: here
     assert artifacts.store_folder("postgresql://host/db") == tmp_path  # no folder: here
     # A server resolves against its own backend store, whatever it is asked with.
@@ -160,5 +182,7 @@ def test_paths_are_relative_to_the_sqlite_store_and_never_leave_it(tmp_path, mon
             artifacts.local_path(escaping)
     with pytest.raises(MlflowException, match="not an abp-local"):
         artifacts.local_path("abp-local://host/mlartifacts")
-    assert artifacts.proxied("abp-local:/mlartifacts/models/m-1/artifacts") == \
-        "mlflow-artifacts:/models/m-1/artifacts"
+    assert (
+        artifacts.proxied("abp-local:/mlartifacts/models/m-1/artifacts")
+        == "mlflow-artifacts:/models/m-1/artifacts"
+    )

@@ -20,14 +20,18 @@ with exclusive(Path(sys.argv[1]), "a training of tiny"):
 
 
 def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderLocked, match=f"a training of tiny is already running in PID "
-                                               f"{holder.pid} on "):
-            with exclusive(tmp_path, "a training of tiny"):
-                pass
+        with (
+            pytest.raises(
+                FolderLocked, match=f"a training of tiny is already running in PID {holder.pid} on "
+            ),
+            exclusive(tmp_path, "a training of tiny"),
+        ):
+            pass
     finally:
         holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
         holder.wait()

@@ -22,8 +22,12 @@ ABP = {"sigma": 0.3, "step_size": 0.1, "langevin_steps": 2, "batch_size": 4}
 
 
 def experiment(dataset: str) -> dict:
-    return {"dataset": dataset, "generator": {"kind": "image", "latent_dim": 4}, "abp": ABP,
-            "training": {"epochs": 1}}
+    return {
+        "dataset": dataset,
+        "generator": {"kind": "image", "latent_dim": 4},
+        "abp": ABP,
+        "training": {"epochs": 1},
+    }
 
 
 def occluded(**pattern) -> dict:
@@ -37,12 +41,17 @@ def averaged(block: int) -> dict:
 PARAMS = {
     "bundled": {},
     "datasets": {"pics": {"kind": "images", "source": "raw", "image_size": 8}},
-    "variants": {"pics_M20": occluded(pattern="square", side=20),
-                 "pics_P70": occluded(pattern="salt_pepper", hidden_fraction=0.7),
-                 "pics_P50": occluded(pattern="salt_pepper", hidden_fraction=0.5),
-                 "pics_avg4": averaged(4), "pics_avg2": averaged(2)},
-    "experiments": {name: experiment(name) for name in
-                    ("pics", "pics_M20", "pics_P70", "pics_P50", "pics_avg4", "pics_avg2")},
+    "variants": {
+        "pics_M20": occluded(pattern="square", side=20),
+        "pics_P70": occluded(pattern="salt_pepper", hidden_fraction=0.7),
+        "pics_P50": occluded(pattern="salt_pepper", hidden_fraction=0.5),
+        "pics_avg4": averaged(4),
+        "pics_avg2": averaged(2),
+    },
+    "experiments": {
+        name: experiment(name)
+        for name in ("pics", "pics_M20", "pics_P70", "pics_P50", "pics_avg4", "pics_avg2")
+    },
 }
 
 
@@ -60,18 +69,24 @@ METRICS = {  # the trivial baseline missing for one setting: its chart still has
     "pics_avg2": scores("train_mae", 0.08, 0.04, 0.04),
 }
 # Each comparison's settings, as the paper names and orders them.
-LABELS = {"pics_occlusion": ["P.5", "P.7", "M20"], "pics_compressed": ["2×2", "4×4"],
-          "pics_reconstruction": ["d = 4"],
-          "experiments": list(METRICS)}
-PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00"
-       b"\x00:~\x9bU\x00\x00\x00\nIDATx\x9cc\xf8\x0f\x00\x01\x01\x01\x00\x18\xdd\x8d\xb4\x00"
-       b"\x00\x00\x00IEND\xaeB`\x82")  # one grey pixel
+LABELS = {
+    "pics_occlusion": ["P.5", "P.7", "M20"],
+    "pics_compressed": ["2×2", "4×4"],
+    "pics_reconstruction": ["d = 4"],
+    "experiments": list(METRICS),
+}
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00"
+    b"\x00:~\x9bU\x00\x00\x00\nIDATx\x9cc\xf8\x0f\x00\x01\x01\x01\x00\x18\xdd\x8d\xb4\x00"
+    b"\x00\x00\x00IEND\xaeB`\x82"
+)  # one grey pixel
 
 
 def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["dvc", *args], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        ["dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -127,7 +142,7 @@ def test_each_comparison_draws_a_bar_per_setting_and_method(shown):
             assert sum(bar["fill"] == colour[method] for bar in bars) == expected, (name, method)
         assert len(bars) == len(rows)
         x_axis = [item["text"] for item in marks(scene, "axis-label", "text")]
-        assert x_axis[-len(labels):] == labels, name  # (the y axis's labels come first)
+        assert x_axis[-len(labels) :] == labels, name  # (the y axis's labels come first)
     occlusion = shown["reports/plots/pics_occlusion.json"]["content"]["data"]["values"]
     assert [row["method"] for row in occlusion if row["setting"] == "P.5"] == ["ABP", "PCA"]
 
@@ -138,11 +153,19 @@ def test_the_png_charts_and_each_experiments_figures_are_image_plots(shown):
     assert shown["reports/experiments/pics_P50/figures/reconstructions.png"]["type"] == "image"
 
 
+@pytest.mark.slow  # `make plots` and `dvc plots show` in subprocesses
 def test_make_plots_writes_a_page_that_draws_offline(project):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     # -o: the venv is the test's own, never (re)installed into the copy.
-    subprocess.run(["make", "-s", "-o", ".venv/.installed", "plots", f"BIN={BIN}"], cwd=project,
-                   env=env, capture_output=True, text=True, check=True, timeout=300)
+    subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", "plots", f"BIN={BIN}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     page = (project / "dvc_plots" / "index.html").read_text()
     assert "<script src=" not in page  # nothing loaded from the web
     assert page.count("window.vegaEmbed=") == 1  # Vega's scripts, inside the page
@@ -159,6 +182,6 @@ def test_without_vega_the_page_says_the_charts_did_not_draw(tmp_path, monkeypatc
     page = plots_page(tmp_path / "page.html").read_text()
     # DVC puts its web scripts at {scripts}; the notice shows until they define vegaEmbed.
     assert "{scripts}" in page and "window.vegaEmbed=" not in page
-    notice = page[page.index('<div id="no-charts">'):page.index("{plot_divs}")]
+    notice = page[page.index('<div id="no-charts">') : page.index("{plot_divs}")]
     assert "did not draw" in notice and "reports/figures/" in notice
     assert 'typeof vegaEmbed === "function"' in page

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.prefect_home import project_home, use_project_home
@@ -35,8 +36,10 @@ def test_the_home_is_the_repository_s_unless_the_user_set_one(tmp_path, monkeypa
     # The user's server is still used; only the state moves.
     server = {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}
     use_project_home(server, root=repo)
-    assert server == {"PREFECT_API_URL": "http://127.0.0.1:4200/api",
-                      "PREFECT_HOME": str(repo / ".prefect")}
+    assert server == {
+        "PREFECT_API_URL": "http://127.0.0.1:4200/api",
+        "PREFECT_HOME": str(repo / ".prefect"),
+    }
 
 
 def test_the_user_s_profiles_stay_in_use(tmp_path, monkeypatch):
@@ -54,6 +57,7 @@ def test_the_user_s_profiles_stay_in_use(tmp_path, monkeypatch):
 
 def test_the_test_session_has_a_temporary_prefect_home():
     from prefect.settings import get_current_settings
+
     # (Prefect's home as it read it at import: a session fixture may point PREFECT_HOME
     # elsewhere since, for the servers it starts.)
     home = get_current_settings().home
@@ -82,21 +86,30 @@ def test_importing_flows_first_sets_prefect_s_home_and_database(tmp_path):
     repo.mkdir(), home.mkdir()
 
     def settings(first: str, **env: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", SETTINGS.format(first=first)], cwd=repo,
-                              env={**user_env(home), **env}, capture_output=True, text=True,
-                              timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", SETTINGS.format(first=first)],
+            cwd=repo,
+            env={**user_env(home), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 
     # Every `python -m flows.<stage>` imports the package `flows` before its module.
     assert settings("import flows") == [
-        str(repo / ".prefect"), f"sqlite+aiosqlite:///{repo / '.prefect' / 'prefect.db'}"]
+        str(repo / ".prefect"),
+        f"sqlite+aiosqlite:///{repo / '.prefect' / 'prefect.db'}",
+    ]
     assert not (home / ".prefect").exists()
     mine = str(tmp_path / "mine")
     assert settings("import flows", PREFECT_HOME=mine)[0] == mine
     # Prefect imported before `flows` (a notebook): its home stays, for the children too.
-    assert settings("import prefect, flows, os; assert 'PREFECT_HOME' not in os.environ")[0] \
-        == str(home / ".prefect")
+    assert settings("import prefect, flows, os; assert 'PREFECT_HOME' not in os.environ")[0] == str(
+        home / ".prefect"
+    )
 
 
 def free_port() -> int:
@@ -119,12 +132,14 @@ def listening_addresses(port: int) -> set[str]:
 
 def api(url: str, path: str, body: dict | None = None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + path, data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
+@pytest.mark.slow  # real flow runs and a Prefect UI server
 def test_runs_started_as_users_do_land_in_the_repository_which_prefect_ui_shows(tmp_path):
     repo, home = tmp_path / "repo", tmp_path / "home"
     repo.mkdir(), home.mkdir()
@@ -133,25 +148,45 @@ def test_runs_started_as_users_do_land_in_the_repository_which_prefect_ui_shows(
     (repo / "params.yaml").write_text(yaml.safe_dump(digits))
     env = user_env(home)
     prepare = [sys.executable, "-m", "flows.prepare", "digits"]
-    for command in ([sys.executable, "-m", "flows.local_server", "--", *prepare],  # make run's way
-                    prepare):                                     # directly: a temporary server
-        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+    for command in (
+        [sys.executable, "-m", "flows.local_server", "--", *prepare],  # make run's way
+        prepare,
+    ):  # directly: a temporary server
+        done = subprocess.run(
+            command, cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert done.returncode == 0, done.stderr[-3000:]
 
     database = repo / ".prefect" / "prefect.db"
     with sqlite3.connect(database) as db:
-        runs = db.execute("SELECT flow_run.id, flow.name, flow_run.state_type FROM flow_run "
-                          "JOIN flow ON flow_run.flow_id = flow.id").fetchall()
+        runs = db.execute(
+            "SELECT flow_run.id, flow.name, flow_run.state_type FROM flow_run "
+            "JOIN flow ON flow_run.flow_id = flow.id"
+        ).fetchall()
     assert [(name, state) for _, name, state in runs] == [("prepare", "COMPLETED")] * 2
     assert not (home / ".prefect").exists() and not list(home.rglob("prefect.db"))
 
     # `make prefect-ui` in the repository (its .venv taken as installed): the same runs.
     port = free_port()
-    ui = subprocess.Popen(["make", "-s", "-f", str(REPO / "Makefile"), "-o", ".venv/.installed",
-                           "prefect-ui", f"BIN={BIN}", f"PREFECT_UI_PORT={port}"],
-                          cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, start_new_session=True)
+    ui = subprocess.Popen(
+        [
+            "make",
+            "-s",
+            "-f",
+            str(REPO / "Makefile"),
+            "-o",
+            ".venv/.installed",
+            "prefect-ui",
+            f"BIN={BIN}",
+            f"PREFECT_UI_PORT={port}",
+        ],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90

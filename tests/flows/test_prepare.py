@@ -20,8 +20,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run(tmp_path: Path, params: dict, name: str) -> int:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return main([name, "--params", str(tmp_path / "params.yaml"),
-                 "--prepared-root", str(tmp_path / "prepared")])
+    return main(
+        [
+            name,
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--prepared-root",
+            str(tmp_path / "prepared"),
+        ]
+    )
 
 
 def closest_training_clip(folder: Path, clip_length: int) -> int | None:
@@ -43,9 +50,20 @@ def test_several_videos_split_by_whole_files_and_other_frame_rates_are_resampled
     for i in range(5):
         write_video(tmp_path / "raw" / f"v{i}.mp4", n_frames=12, fps=10)
     write_video(tmp_path / "raw" / "v5_fast.mp4", n_frames=24, fps=20)  # 1.2 s as well
-    params = {"datasets": {"vid": {"kind": "video", "source": str(tmp_path / "raw"),
-                                   "image_size": 8, "channels": 1, "clip_frames": 4,
-                                   "clip_stride": 2, "test_fraction": 0.2, "split_seed": 3}}}
+    params = {
+        "datasets": {
+            "vid": {
+                "kind": "video",
+                "source": str(tmp_path / "raw"),
+                "image_size": 8,
+                "channels": 1,
+                "clip_frames": 4,
+                "clip_stride": 2,
+                "test_fraction": 0.2,
+                "split_seed": 3,
+            }
+        }
+    }
     assert run(tmp_path, params, "vid") == 0
     folder = tmp_path / "prepared" / "vid"
     manifest = read_manifest(folder)
@@ -57,13 +75,15 @@ def test_several_videos_split_by_whole_files_and_other_frame_rates_are_resampled
     assert closest_training_clip(folder, 4) is None  # no file on both sides
     for side in ("train", "test"):
         tensors = read_split(folder, side)
-        assert {split["files"][f] for f in tensors["clip_file"].tolist()} == \
-            set(split[f"{side}_files"])
+        assert {split["files"][f] for f in tensors["clip_file"].tolist()} == set(
+            split[f"{side}_files"]
+        )
         # The recorded start is where the clip's content comes from (frame i has level 20·i,
         # at 10 fps, so the resampled 20 fps file shows every other frame).
         level = (tensors["x"][:, 0, 0].mean(dim=(1, 2)) + 1) * 127.5
-        fast = torch.tensor([split["files"][f] == "v5_fast.mp4"
-                             for f in tensors["clip_file"].tolist()])
+        fast = torch.tensor(
+            [split["files"][f] == "v5_fast.mp4" for f in tensors["clip_file"].tolist()]
+        )
         expected = 20 * tensors["clip_start"] * torch.where(fast, 2, 1) % 256
         torch.testing.assert_close(level, expected.float(), atol=4, rtol=0)
     assert manifest["fps"] == 10 and manifest["source_fps"]["v5_fast.mp4"] == 20
@@ -74,10 +94,19 @@ def test_several_videos_split_by_whole_files_and_other_frame_rates_are_resampled
 def test_one_sound_splits_by_time_and_no_test_clip_touches_a_training_clip(tmp_path):
     ramp = np.linspace(-0.9, 0.9, 24000, dtype=np.float32)  # every sample a value of its own
     soundfile.write(str(tmp_path / "speech.wav"), ramp, 8000, subtype="FLOAT")
-    params = {"datasets": {"one": {"kind": "audio", "source": str(tmp_path / "speech.wav"),
-                                   "sample_rate": 8000, "clip_length": 1024,
-                                   "clip_stride": 512, "peak_normalize": False,
-                                   "test_fraction": 0.2}}}
+    params = {
+        "datasets": {
+            "one": {
+                "kind": "audio",
+                "source": str(tmp_path / "speech.wav"),
+                "sample_rate": 8000,
+                "clip_length": 1024,
+                "clip_stride": 512,
+                "peak_normalize": False,
+                "test_fraction": 0.2,
+            }
+        }
+    }
     assert run(tmp_path, params, "one") == 0
     folder = tmp_path / "prepared" / "one"
     manifest = read_manifest(folder)
@@ -92,7 +121,7 @@ def test_one_sound_splits_by_time_and_no_test_clip_touches_a_training_clip(tmp_p
     for side in ("train", "test"):
         tensors = read_split(folder, side)
         for clip, start in zip(tensors["x"], tensors["clip_start"].tolist()):
-            assert torch.equal(clip[0], torch.from_numpy(ramp[start:start + 1024]))
+            assert torch.equal(clip[0], torch.from_numpy(ramp[start : start + 1024]))
     assert manifest["channels_mixed"]["files"] == 0
 
 
@@ -101,12 +130,28 @@ def test_the_bundled_single_files_hold_out_a_stretch_of_their_own(tmp_path):
     # split by time, 11 of 12 bikes test clips and all 23 speech test clips shared frames
     # or samples with training clips.
     bundled = {
-        "bikes": {"kind": "video", "source": "bundled:bikes.mp4", "image_size": 32,
-                  "channels": 3, "clip_frames": 8, "clip_stride": 4, "test_fraction": 0.2},
-        "speech": {"kind": "audio", "source": "bundled:speech.wav", "sample_rate": 8000,
-                   "clip_length": 4096, "clip_stride": 2048, "test_fraction": 0.2}}
-    for name, clip_length, counts in [("bikes", 8, {"train": 46, "test": 12}),
-                                      ("speech", 4096, {"train": 90, "test": 23})]:
+        "bikes": {
+            "kind": "video",
+            "source": "bundled:bikes.mp4",
+            "image_size": 32,
+            "channels": 3,
+            "clip_frames": 8,
+            "clip_stride": 4,
+            "test_fraction": 0.2,
+        },
+        "speech": {
+            "kind": "audio",
+            "source": "bundled:speech.wav",
+            "sample_rate": 8000,
+            "clip_length": 4096,
+            "clip_stride": 2048,
+            "test_fraction": 0.2,
+        },
+    }
+    for name, clip_length, counts in [
+        ("bikes", 8, {"train": 46, "test": 12}),
+        ("speech", 4096, {"train": 90, "test": 23}),
+    ]:
         assert run(tmp_path, {"bundled": bundled}, name) == 0
         folder = tmp_path / "prepared" / name
         manifest = read_manifest(folder)
@@ -120,13 +165,27 @@ def test_padded_sounds_carry_a_mask_into_their_variants(tmp_path):
     write_tone(tmp_path / "raw" / "long.wav", seconds=1.0, rate=8000)  # 7 clips of 2048 at 1024
     write_tone(tmp_path / "raw" / "short.wav", seconds=0.125, rate=8000)  # 1000 samples
     params = {
-        "datasets": {"snd": {"kind": "audio", "source": str(tmp_path / "raw"),
-                             "sample_rate": 8000, "clip_length": 2048, "clip_stride": 1024,
-                             "test_fraction": 0.2, "pad_short": True}},
+        "datasets": {
+            "snd": {
+                "kind": "audio",
+                "source": str(tmp_path / "raw"),
+                "sample_rate": 8000,
+                "clip_length": 2048,
+                "clip_stride": 1024,
+                "test_fraction": 0.2,
+                "pad_short": True,
+            }
+        },
         "variants": {
-            "snd_gaps": {"kind": "occlusion", "base": "snd", "pattern": "missing_segments",
-                         "hidden_fraction": 0.2, "block": 64},
-            "snd_half": {"kind": "subsample", "base": "snd", "sample_step": 2}},
+            "snd_gaps": {
+                "kind": "occlusion",
+                "base": "snd",
+                "pattern": "missing_segments",
+                "hidden_fraction": 0.2,
+                "block": 64,
+            },
+            "snd_half": {"kind": "subsample", "base": "snd", "sample_step": 2},
+        },
     }
     assert run(tmp_path, params, "snd") == 0
     root = tmp_path / "prepared"
@@ -156,11 +215,21 @@ def test_compressed_measurements_of_padded_sounds_are_refused(tmp_path, capsys):
     write_tone(tmp_path / "raw" / "short.wav", seconds=0.125, rate=8000)
     write_tone(tmp_path / "raw" / "long.wav", seconds=1.0, rate=8000)
     params = {
-        "datasets": {"snd": {"kind": "audio", "source": str(tmp_path / "raw"),
-                             "sample_rate": 8000, "clip_length": 2048, "clip_stride": 1024,
-                             "test_fraction": 0.2, "pad_short": True}},
-        "variants": {"snd_cs": {"kind": "compressed", "base": "snd", "operator": "gaussian",
-                                "ratio": 0.1}}}
+        "datasets": {
+            "snd": {
+                "kind": "audio",
+                "source": str(tmp_path / "raw"),
+                "sample_rate": 8000,
+                "clip_length": 2048,
+                "clip_stride": 1024,
+                "test_fraction": 0.2,
+                "pad_short": True,
+            }
+        },
+        "variants": {
+            "snd_cs": {"kind": "compressed", "base": "snd", "operator": "gaussian", "ratio": 0.1}
+        },
+    }
     assert run(tmp_path, params, "snd") == 0
     assert run(tmp_path, params, "snd_cs") == 2
     assert "variants.snd_cs.base: snd holds sounds zero-padded" in capsys.readouterr().err
@@ -170,14 +239,32 @@ def test_compressed_measurements_of_padded_sounds_are_refused(tmp_path, capsys):
 def test_image_folder_with_occlusion_compression_and_subsampling(tmp_path):
     write_images(tmp_path / "raw", 20, size=(70, 64))
     params = {
-        "datasets": {"pics": {"kind": "images", "source": str(tmp_path / "raw"),
-                              "image_size": 64, "channels": 3, "test_fraction": 0.25}},
+        "datasets": {
+            "pics": {
+                "kind": "images",
+                "source": str(tmp_path / "raw"),
+                "image_size": 64,
+                "channels": 3,
+                "test_fraction": 0.25,
+            }
+        },
         "variants": {
-            "pics_P70": {"kind": "occlusion", "base": "pics", "pattern": "salt_pepper",
-                         "hidden_fraction": 0.7, "block": 3, "seed": 1},
+            "pics_P70": {
+                "kind": "occlusion",
+                "base": "pics",
+                "pattern": "salt_pepper",
+                "hidden_fraction": 0.7,
+                "block": 3,
+                "seed": 1,
+            },
             "pics_M30": {"kind": "occlusion", "base": "pics", "pattern": "square", "side": 30},
-            "pics_cs": {"kind": "compressed", "base": "pics", "operator": "gaussian",
-                        "ratio": 0.1, "seed": 5},
+            "pics_cs": {
+                "kind": "compressed",
+                "base": "pics",
+                "operator": "gaussian",
+                "ratio": 0.1,
+                "seed": 5,
+            },
             "pics_half": {"kind": "subsample", "base": "pics", "keep_fraction": 0.5},
         },
     }
@@ -207,12 +294,25 @@ def test_image_folder_with_occlusion_compression_and_subsampling(tmp_path):
 def test_video_clips_with_missing_frames_and_frame_subsampling(tmp_path):
     write_video(tmp_path / "raw" / "clip.mp4", n_frames=30, fps=10)
     params = {
-        "datasets": {"vid": {"kind": "video", "source": str(tmp_path / "raw" / "clip.mp4"),
-                             "image_size": 16, "clip_frames": 8, "clip_stride": 2,
-                             "test_fraction": 0.2}},
-        "variants": {"vid_gaps": {"kind": "occlusion", "base": "vid", "pattern": "missing_frames",
-                                  "hidden_fraction": 0.25},
-                     "vid_slow": {"kind": "subsample", "base": "vid", "frame_step": 2}},
+        "datasets": {
+            "vid": {
+                "kind": "video",
+                "source": str(tmp_path / "raw" / "clip.mp4"),
+                "image_size": 16,
+                "clip_frames": 8,
+                "clip_stride": 2,
+                "test_fraction": 0.2,
+            }
+        },
+        "variants": {
+            "vid_gaps": {
+                "kind": "occlusion",
+                "base": "vid",
+                "pattern": "missing_frames",
+                "hidden_fraction": 0.25,
+            },
+            "vid_slow": {"kind": "subsample", "base": "vid", "frame_step": 2},
+        },
     }
     for name in ["vid", "vid_gaps", "vid_slow"]:
         assert run(tmp_path, params, name) == 0, name
@@ -228,11 +328,24 @@ def test_audio_folder_with_missing_segments(tmp_path):
     write_tone(tmp_path / "raw" / "a.wav", seconds=1.0, rate=16000)
     write_tone(tmp_path / "raw" / "b.flac", seconds=1.0, rate=8000, freq=220)
     params = {
-        "datasets": {"snd": {"kind": "audio", "source": str(tmp_path / "raw"),
-                             "sample_rate": 8000, "clip_length": 1024, "clip_stride": 512}},
-        "variants": {"snd_gaps": {"kind": "occlusion", "base": "snd",
-                                  "pattern": "missing_segments", "hidden_fraction": 0.3,
-                                  "block": 64}},
+        "datasets": {
+            "snd": {
+                "kind": "audio",
+                "source": str(tmp_path / "raw"),
+                "sample_rate": 8000,
+                "clip_length": 1024,
+                "clip_stride": 512,
+            }
+        },
+        "variants": {
+            "snd_gaps": {
+                "kind": "occlusion",
+                "base": "snd",
+                "pattern": "missing_segments",
+                "hidden_fraction": 0.3,
+                "block": 64,
+            }
+        },
     }
     assert run(tmp_path, params, "snd") == 0 and run(tmp_path, params, "snd_gaps") == 0
     manifest = read_manifest(tmp_path / "prepared" / "snd")
@@ -251,27 +364,50 @@ def test_every_default_in_params_yaml_is_valid_and_a_bundled_one_prepares(tmp_pa
     assert len(manifest["inputs"]["sha256"]) == 64
 
 
-@pytest.mark.parametrize("dataset, variant, message", [
-    ({"kind": "images", "source": "EMPTY", "image_size": 8}, None, "the folder has no image files"),
-    ({"kind": "images", "source": "RAW", "image_size": "eight"}, None,
-     "datasets.d.image_size: Input should be a valid integer"),
-    ({"kind": "images", "source": "bundled:imagenet", "image_size": 8}, None,
-     "unknown bundled source 'imagenet'"),
-    ({"kind": "video", "source": "VIDEO", "image_size": 8, "clip_frames": 50}, None,
-     "fewer than the clip length 50"),
-    ({"kind": "images", "source": "RAW", "image_size": 16, "test_fraction": 0.0},
-     {"kind": "occlusion", "base": "d", "pattern": "square", "side": 64},
-     "would hide everything"),
-])
-def test_bad_input_fails_with_a_message_and_leaves_nothing(tmp_path, capsys, dataset, variant, message):
+@pytest.mark.parametrize(
+    "dataset, variant, message",
+    [
+        (
+            {"kind": "images", "source": "EMPTY", "image_size": 8},
+            None,
+            "the folder has no image files",
+        ),
+        (
+            {"kind": "images", "source": "RAW", "image_size": "eight"},
+            None,
+            "datasets.d.image_size: Input should be a valid integer",
+        ),
+        (
+            {"kind": "images", "source": "bundled:imagenet", "image_size": 8},
+            None,
+            "unknown bundled source 'imagenet'",
+        ),
+        (
+            {"kind": "video", "source": "VIDEO", "image_size": 8, "clip_frames": 50},
+            None,
+            "fewer than the clip length 50",
+        ),
+        (
+            {"kind": "images", "source": "RAW", "image_size": 16, "test_fraction": 0.0},
+            {"kind": "occlusion", "base": "d", "pattern": "square", "side": 64},
+            "would hide everything",
+        ),
+    ],
+)
+def test_bad_input_fails_with_a_message_and_leaves_nothing(
+    tmp_path, capsys, dataset, variant, message
+):
     (tmp_path / "EMPTY").mkdir()
     write_images(tmp_path / "RAW", 3)
     write_video(tmp_path / "VIDEO" / "v.mp4", n_frames=5)
-    dataset = {k: str(tmp_path / v) if k == "source" and v.isupper() else v for k, v in dataset.items()}
+    dataset = {
+        k: str(tmp_path / v) if k == "source" and v.isupper() else v for k, v in dataset.items()
+    }
     params = {"datasets": {"d": dataset}, "variants": {"v": variant} if variant else {}}
     if variant:
         assert run(tmp_path, params, "d") == 0
     assert run(tmp_path, params, "v" if variant else "d") == 2
     assert message in capsys.readouterr().err
-    left = sorted(p.name for p in (tmp_path / "prepared").glob("*")) if (tmp_path / "prepared").exists() else []
+    prepared = tmp_path / "prepared"
+    left = sorted(p.name for p in prepared.glob("*")) if prepared.exists() else []
     assert left == (["d"] if variant else [])  # no half-written or temporary folder

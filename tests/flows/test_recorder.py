@@ -10,21 +10,22 @@ import time
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
-
-from flows.mlflow_http import process_http_limits
-from flows.recorder import TrackingRecorder, end_run, main as recorder_main
-from flows.system_metrics import SystemMetricsSampler
-from flows import tracking
-from flows.tracking import TrackingUnavailable, check_reachable
 from media import write_images
+from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port
+
+from flows import tracking
+from flows.mlflow_http import process_http_limits
+from flows.recorder import TrackingRecorder, end_run
+from flows.recorder import main as recorder_main
+from flows.system_metrics import SystemMetricsSampler
+from flows.tracking import TrackingUnavailable, check_reachable
 
 
 @pytest.fixture(scope="module")
 def prefect_backend():
     """No Prefect here: this replaces the session's Prefect server of tests/flows/conftest.py."""
-    yield
+    return
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +57,20 @@ def image_steps(client, run_id):
     return sorted(int(n.split("+step+")[1].split("+")[0]) for n in names if n.endswith(".png"))
 
 
+@pytest.mark.slow  # MLflow servers started and killed
 def test_records_logged_while_the_server_is_away_arrive_once_and_in_order(live, tmp_path):
     client = MlflowClient(live.uri)
     run_id = new_run(live)
     pngs = write_images(tmp_path / "png", 2)
     (tmp_path / "history.json").write_text('{"epochs": 8}')
-    recorder = TrackingRecorder(run_id, tmp_path / "spool", tracking_uri=live.uri,
-                                retry_after=0.2, max_retry_after=0.5,
-                                max_buffered=4)  # the rest of the backlog waits on disk
+    recorder = TrackingRecorder(
+        run_id,
+        tmp_path / "spool",
+        tracking_uri=live.uri,
+        retry_after=0.2,
+        max_retry_after=0.5,
+        max_buffered=4,
+    )  # the rest of the backlog waits on disk
     for step in (1, 2, 3):
         recorder.log_metrics({"energy": step / 10, "mse": float(step)}, step=step)
     recorder.log_image(pngs[0], key="samples", step=1)
@@ -86,18 +93,22 @@ def test_records_logged_while_the_server_is_away_arrive_once_and_in_order(live, 
 
     assert (summary.sent, summary.delayed, summary.unsent, summary.rejected) == (12, 6, 0, 0)
     assert steps(client, run_id, "energy") == steps(client, run_id, "mse") == list(range(1, 9))
-    assert [m.value for m in client.get_metric_history(run_id, "energy")] == \
-        pytest.approx([s / 10 for s in range(1, 9)])
+    assert [m.value for m in client.get_metric_history(run_id, "energy")] == pytest.approx(
+        [s / 10 for s in range(1, 9)]
+    )
     assert image_steps(client, run_id) == [1, 5]
     saved = client.download_artifacts(run_id, "outputs/history.json", str(tmp_path))
-    assert json.loads(open(saved).read()) == {"epochs": 8}
+    with open(saved) as history:
+        assert json.loads(history.read()) == {"epochs": 8}
     tags = client.get_run(run_id).data.tags
     assert tags["phase"] == "after the outage" and tags["mlflow.loggedImages"] == "True"
     assert not (tmp_path / "spool").exists()  # nothing left to send
 
 
+@pytest.mark.slow  # MLflow servers started and killed
 def test_a_dead_server_costs_the_loop_little_and_a_later_recorder_sends_the_spool(
-        live, tmp_path, caplog):
+    live, tmp_path, caplog
+):
     client = MlflowClient(live.uri)
     run_id = new_run(live)
     png = write_images(tmp_path / "png", 1)[0]
@@ -121,8 +132,13 @@ def test_a_dead_server_costs_the_loop_little_and_a_later_recorder_sends_the_spoo
         summary = recorder.close(wait_seconds=1)
     assert (summary.sent, summary.unsent) == (0, 13)
     warning = caplog.text
-    for words in ("13 record(s)", live.uri, str(summary.spool), "connection refused",
-                  f"python -m flows.recorder replay {summary.spool}"):
+    for words in (
+        "13 record(s)",
+        live.uri,
+        str(summary.spool),
+        "connection refused",
+        f"python -m flows.recorder replay {summary.spool}",
+    ):
         assert words in warning
     records = [json.loads(line) for line in (summary.spool / "records.jsonl").open()]
     assert [r["step"] for r in records if r["kind"] == "metrics"] == list(range(1, 11))
@@ -146,8 +162,9 @@ def test_a_dead_server_costs_the_loop_little_and_a_later_recorder_sends_the_spoo
 
 def test_a_hung_server_costs_one_timeout_then_nothing_while_backing_off(live, tmp_path):
     run_id = new_run(live)
-    recorder = TrackingRecorder(run_id, tmp_path / "spool", tracking_uri=live.uri, timeout=1,
-                                retry_after=0.2)
+    recorder = TrackingRecorder(
+        run_id, tmp_path / "spool", tracking_uri=live.uri, timeout=1, retry_after=0.2
+    )
     recorder.log_metrics({"energy": 1.0}, step=1)
     live.pause()
     try:
@@ -181,8 +198,9 @@ def test_replay_sends_a_spool_and_keeps_what_the_server_refuses(live, tmp_path, 
     assert "1 record(s) of run" in caplog.text and "were refused by" in caplog.text
     assert steps(client, run_id, "energy") == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
-    rejected = [json.loads(line) for line in
-                (tmp_path / "spool" / run_id / "rejected.jsonl").open()]
+    rejected = [
+        json.loads(line) for line in (tmp_path / "spool" / run_id / "rejected.jsonl").open()
+    ]
     assert [r["values"] for r in rejected] == [{"../escape": 1.0}]
 
     # A process that died after the server stored the records but before it could mark them
@@ -196,8 +214,9 @@ def test_replay_sends_a_spool_and_keeps_what_the_server_refuses(live, tmp_path, 
 def test_a_resumed_training_drops_the_end_of_run_an_earlier_process_left(live, tmp_path):
     client = MlflowClient(live.uri)
     run_id = new_run(live)
-    first = TrackingRecorder(run_id, tmp_path / "spool",
-                             tracking_uri=f"http://127.0.0.1:{free_port()}")
+    first = TrackingRecorder(
+        run_id, tmp_path / "spool", tracking_uri=f"http://127.0.0.1:{free_port()}"
+    )
     first.log_metrics({"energy": 1.0}, step=1)
     first.set_terminated("FAILED")  # the training failed while the server was away
     assert first.close(wait_seconds=0).unsent == 2
@@ -264,13 +283,16 @@ def test_system_metrics_go_through_the_recorder(live, tmp_path):
 
 def test_a_local_sqlite_store_records_the_same_way(server, tmp_path):
     # A copy of the server's database: a new one would take seconds of schema migrations.
-    with sqlite3.connect(server.folder / "mlflow.db") as source, \
-            sqlite3.connect(tmp_path / "mlflow.db") as copy:
+    with (
+        sqlite3.connect(server.folder / "mlflow.db") as source,
+        sqlite3.connect(tmp_path / "mlflow.db") as copy,
+    ):
         source.backup(copy)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("local",
-                                          artifact_location=(tmp_path / "artifacts").as_uri())
+    experiment = client.create_experiment(
+        "local", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
     run_id = client.create_run(experiment).info.run_id
     png = write_images(tmp_path / "png", 1)[0]
     with TrackingRecorder(run_id, tmp_path / "spool", tracking_uri=uri) as recorder:

@@ -33,12 +33,29 @@ def store(tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", "unset below; restored after the module")
         patch.delenv("MLFLOW_TRACKING_URI")
         write_images(root / "raw", 12, size=(8, 8), mode="L")
-        Path("params.yaml").write_text(yaml.safe_dump({
-            "datasets": {"digits": {"kind": "images", "source": "raw", "image_size": 8,
-                                    "test_fraction": 0.25}},
-            "experiments": {name: {"dataset": "digits", "generator": {**GENERATOR, "latent_dim": d},
-                                   "abp": ABP, "training": {"epochs": 1}}
-                            for name, d in (("digits", 3), ("digits_d2", 2))}}))
+        Path("params.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "datasets": {
+                        "digits": {
+                            "kind": "images",
+                            "source": "raw",
+                            "image_size": 8,
+                            "test_fraction": 0.25,
+                        }
+                    },
+                    "experiments": {
+                        name: {
+                            "dataset": "digits",
+                            "generator": {**GENERATOR, "latent_dim": d},
+                            "abp": ABP,
+                            "training": {"epochs": 1},
+                        }
+                        for name, d in (("digits", 3), ("digits_d2", 2))
+                    },
+                }
+            )
+        )
         assert prepare_main(["digits"]) == 0
         figures = root / "figures"
         figures.mkdir()
@@ -50,8 +67,13 @@ def store(tmp_path_factory):
             tracking.configure()
             with mlflow.start_run(experiment_id=tracking.experiment_id("abp-digits")) as run:
                 pass
-            assert record(exp, generators[name], {"mlflow_run_id": run.info.run_id},
-                          {"train_mae": 0.2, "heldout_mae": 0.1}, figures)  # the champion
+            assert record(
+                exp,
+                generators[name],
+                {"mlflow_run_id": run.info.run_id},
+                {"train_mae": 0.2, "heldout_mae": 0.1},
+                figures,
+            )  # the champion
         yield root, generators
 
 
@@ -65,11 +87,26 @@ def test_a_registered_version_says_how_to_use_it(store):
     run = client.get_run(tags["mlflow_run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "abp-digits"
     manifest = json.loads((root / "data" / "prepared" / "digits" / "manifest.json").read_text())
-    assert {k: tags[k] for k in ("experiment", "generator_kind", "latent_shape", "dataset",
-                                 "dataset_kind", "signal_shape", "data_digest")} == {
-        "experiment": "digits_d2", "generator_kind": "image", "latent_shape": "[2]",
-        "dataset": "digits", "dataset_kind": "image", "signal_shape": "[1, 8, 8]",
-        "data_digest": tracking.data_digest(manifest)}
+    assert {
+        k: tags[k]
+        for k in (
+            "experiment",
+            "generator_kind",
+            "latent_shape",
+            "dataset",
+            "dataset_kind",
+            "signal_shape",
+            "data_digest",
+        )
+    } == {
+        "experiment": "digits_d2",
+        "generator_kind": "image",
+        "latent_shape": "[2]",
+        "dataset": "digits",
+        "dataset_kind": "image",
+        "signal_shape": "[1, 8, 8]",
+        "data_digest": tracking.data_digest(manifest),
+    }
     assert tags["abp.sigma"] == "0.3" and tags["generator.latent_dim"] == "2"
     assert tags["generator_resolved.image_size"] == "8" and tags["heldout_mae"] == "0.1"
     assert "fps" not in tags and "sample_rate" not in tags  # images have neither
@@ -97,17 +134,22 @@ def test_a_version_without_tags_is_sampled_through_its_signature(store):
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     source = mlflow.MlflowClient().get_model_version("abp-digits", "1").source
     mlflow.register_model(source, "abp-old")
-    torch.testing.assert_close(registry.sample("old", n=3, seed=1, version=1),
-                               registry.sample("digits", n=3, seed=1))
+    torch.testing.assert_close(
+        registry.sample("old", n=3, seed=1, version=1), registry.sample("digits", n=3, seed=1)
+    )
 
 
 def test_a_missing_model_or_store_is_named(store, tmp_path):
-    with pytest.raises(registry.NotRegistered, match=r"no alias champion of the registered "
-                       r"model abp-nope in sqlite:///.*mlflow\.db \(registered models there: "
-                       r"abp-digits, abp-digits_d2.*python -m flows\.evaluate nope"):
+    with pytest.raises(
+        registry.NotRegistered,
+        match=r"no alias champion of the registered "
+        r"model abp-nope in sqlite:///.*mlflow\.db \(registered models there: "
+        r"abp-digits, abp-digits_d2.*python -m flows\.evaluate nope",
+    ):
         registry.sample("nope")
-    with pytest.raises(registry.NotRegistered, match="no version 9 of the registered model "
-                       "abp-digits "):
+    with pytest.raises(
+        registry.NotRegistered, match="no version 9 of the registered model abp-digits "
+    ):
         registry.load("digits", version=9)
     with pytest.raises(tracking.TrackingUnavailable, match="no MLflow store at"):
         registry.load("digits", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -117,9 +159,10 @@ def test_a_missing_model_or_store_is_named(store, tmp_path):
 def test_the_readme_example_runs_as_written(store):
     root, _ = store
     section = README.read_text().split("### Tracking with MLflow\n")[1].split("\n### ")[0]
-    (example,) = [b for b in re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-                  if "registry.sample" in b]
-    exec(compile(example, str(README), "exec"), {})  # noqa: S102 - the README's own code
+    (example,) = [
+        b for b in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if "registry.sample" in b
+    ]
+    exec(compile(example, str(README), "exec"), {})  # the README's own code
     written = re.search(r'save_png\(.*"(.+\.png)"\)', example).group(1)
     with Image.open(root / written) as image:  # 16 digits, 4×4, enlarged
         assert image.size[0] == image.size[1] >= 256

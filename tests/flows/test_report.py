@@ -20,14 +20,25 @@ def experiment(dataset: str, generator: dict) -> dict:
 PARAMS = {
     "datasets": {
         "pics": {"kind": "images", "source": "raw", "image_size": 8},
-        "talk": {"kind": "audio", "source": "raw", "sample_rate": 8000, "clip_length": 256,
-                 "clip_stride": 256},
+        "talk": {
+            "kind": "audio",
+            "source": "raw",
+            "sample_rate": 8000,
+            "clip_length": 256,
+            "clip_stride": 256,
+        },
         "clips": {"kind": "video", "source": "raw.mp4", "image_size": 8, "test_fraction": 0},
     },
-    "variants": {"pics_P50": {"kind": "occlusion", "base": "pics", "pattern": "salt_pepper",
-                              "hidden_fraction": 0.5, "block": 3},
-                 "pics_avg": {"kind": "compressed", "base": "pics", "operator": "local_average",
-                              "block": 2}},
+    "variants": {
+        "pics_P50": {
+            "kind": "occlusion",
+            "base": "pics",
+            "pattern": "salt_pepper",
+            "hidden_fraction": 0.5,
+            "block": 3,
+        },
+        "pics_avg": {"kind": "compressed", "base": "pics", "operator": "local_average", "block": 2},
+    },
     "experiments": {
         "pics": experiment("pics", {"kind": "image", "latent_dim": 4}),
         "pics_P50": experiment("pics_P50", {"kind": "image", "latent_dim": 4}),
@@ -45,31 +56,60 @@ def errors(prefix: str, **values: float) -> dict[str, float]:
 
 METRICS = {  # as flows.evaluate writes them
     # held-out: loses to PCA; training error 5× below the held-out one
-    "pics": {**errors("", train_mae=0.01, heldout_mae=0.05),
-             **errors("pca_", train_mae=0.03, heldout_mae=0.04),
-             **errors("trivial_", train_mae=0.2, heldout_mae=0.2),
-             "pca_components": 4, "latent_size": 4, "train_examples": 40},
+    "pics": {
+        **errors("", train_mae=0.01, heldout_mae=0.05),
+        **errors("pca_", train_mae=0.03, heldout_mae=0.04),
+        **errors("trivial_", train_mae=0.2, heldout_mae=0.2),
+        "pca_components": 4,
+        "latent_size": 4,
+        "train_examples": 40,
+    },
     # beats both, on the hidden entries
-    "pics_P50": {**errors("", train_mae=0.03, train_hidden_mae=0.06, heldout_mae=0.04,
-                          heldout_hidden_mae=0.07),
-                 **errors("pca_", train_mae=0.05, train_hidden_mae=0.1, heldout_mae=0.05,
-                          heldout_hidden_mae=0.09),
-                 **errors("trivial_", train_mae=0.08, train_hidden_mae=0.15, heldout_mae=0.08,
-                          heldout_hidden_mae=0.15),
-                 "pca_components": 4, "latent_size": 4, "train_examples": 40},
+    "pics_P50": {
+        **errors(
+            "", train_mae=0.03, train_hidden_mae=0.06, heldout_mae=0.04, heldout_hidden_mae=0.07
+        ),
+        **errors(
+            "pca_", train_mae=0.05, train_hidden_mae=0.1, heldout_mae=0.05, heldout_hidden_mae=0.09
+        ),
+        **errors(
+            "trivial_",
+            train_mae=0.08,
+            train_hidden_mae=0.15,
+            heldout_mae=0.08,
+            heldout_hidden_mae=0.15,
+        ),
+        "pca_components": 4,
+        "latent_size": 4,
+        "train_examples": 40,
+    },
     # measurements through one operator: PCA and the mean signal both give A⁺y
-    "pics_avg": {**errors("", train_mae=0.03, heldout_mae=0.03),
-                 **errors("pca_", train_mae=0.04, heldout_mae=0.04),
-                 **errors("trivial_", train_mae=0.04, heldout_mae=0.04),
-                 "pca_components": 4, "latent_size": 4, "train_examples": 40},
+    "pics_avg": {
+        **errors("", train_mae=0.03, heldout_mae=0.03),
+        **errors("pca_", train_mae=0.04, heldout_mae=0.04),
+        **errors("trivial_", train_mae=0.04, heldout_mae=0.04),
+        "pca_components": 4,
+        "latent_size": 4,
+        "train_examples": 40,
+    },
     # loses to both, the trivial baseline being silence
-    "talk": {**errors("", train_mae=0.018, heldout_mae=0.02),
-             **errors("pca_", train_mae=0.015, heldout_mae=0.016),
-             **errors("trivial_", train_mae=0.019, heldout_mae=0.019),
-             "pca_components": 8, "latent_size": 8, "train_examples": 30},
+    "talk": {
+        **errors("", train_mae=0.018, heldout_mae=0.02),
+        **errors("pca_", train_mae=0.015, heldout_mae=0.016),
+        **errors("trivial_", train_mae=0.019, heldout_mae=0.019),
+        "pca_components": 8,
+        "latent_size": 8,
+        "train_examples": 30,
+    },
     # no test split, PCA capped at n − 1 = 2 and exact on the training clips
-    "clips": {"train_mae": 0.03, "pca_train_mae": 0.0, "trivial_train_mae": 0.1,
-              "pca_components": 2, "latent_size": 256, "train_examples": 3},
+    "clips": {
+        "train_mae": 0.03,
+        "pca_train_mae": 0.0,
+        "trivial_train_mae": 0.1,
+        "pca_components": 2,
+        "latent_size": 256,
+        "train_examples": 3,
+    },
 }
 
 
@@ -88,10 +128,11 @@ def test_every_evaluated_experiment_is_summarised_beside_its_baselines(evaluated
     assert json.loads((evaluated / "metrics" / "summary.json").read_text()) == summary
     assert summary["experiments"]["talk"] == {
         "heldout_mae": {"abp": 0.02, "pca": 0.016, "trivial": 0.019},
-        "pca_components": 8, "latent_size": 8}
+        "pca_components": 8,
+        "latent_size": 8,
+    }
     assert summary["experiments"]["pics_P50"]["heldout_hidden_mae"]["abp"] == 0.07
-    assert summary["experiments"]["clips"]["train_mae"] == {"abp": 0.03, "pca": 0.0,
-                                                            "trivial": 0.1}
+    assert summary["experiments"]["clips"]["train_mae"] == {"abp": 0.03, "pca": 0.0, "trivial": 0.1}
     # The paper-shaped comparisons stay, with the trivial baseline beside them.
     assert summary["pics"]["reconstruction"]["d4"] == {"abp": 0.05, "pca": 0.04, "trivial": 0.2}
     assert summary["pics"]["occlusion"]["P50"] == {"abp": 0.06, "pca": 0.1, "trivial": 0.15}
@@ -99,7 +140,8 @@ def test_every_evaluated_experiment_is_summarised_beside_its_baselines(evaluated
     assert summary["talk"]["reconstruction"]["d8"]["pca"] == 0.016
     every = json.loads((evaluated / "reports" / "plots" / "experiments.json").read_text())
     assert {(row["setting"], row["method"]) for row in every} == {
-        (name, method) for name in METRICS for method in ("ABP", "PCA", "trivial")}
+        (name, method) for name in METRICS for method in ("ABP", "PCA", "trivial")
+    }
     assert (evaluated / "reports" / "figures" / "experiments.png").is_file()
 
     report = (evaluated / "reports" / "REPORT.md").read_text()
@@ -110,15 +152,25 @@ def test_every_evaluated_experiment_is_summarised_beside_its_baselines(evaluated
 
 
 def test_settings_are_named_and_ordered_as_in_the_paper_everywhere(evaluated):
-    variants = {"pics_M20": {"kind": "occlusion", "base": "pics", "pattern": "square",
-                             "side": 20},
-                "pics_P70": {**PARAMS["variants"]["pics_P50"], "hidden_fraction": 0.7},
-                "pics_avg4": {**PARAMS["variants"]["pics_avg"], "block": 4}}
-    params = {**PARAMS, "variants": {**PARAMS["variants"], **variants},
-              "experiments": {**PARAMS["experiments"], **{
-                  name: experiment(name, {"kind": "image", "latent_dim": 4}) for name in variants}}}
-    found = {**METRICS, "pics_M20": METRICS["pics_P50"], "pics_P70": METRICS["pics_P50"],
-             "pics_avg4": METRICS["pics_avg"]}
+    variants = {
+        "pics_M20": {"kind": "occlusion", "base": "pics", "pattern": "square", "side": 20},
+        "pics_P70": {**PARAMS["variants"]["pics_P50"], "hidden_fraction": 0.7},
+        "pics_avg4": {**PARAMS["variants"]["pics_avg"], "block": 4},
+    }
+    params = {
+        **PARAMS,
+        "variants": {**PARAMS["variants"], **variants},
+        "experiments": {
+            **PARAMS["experiments"],
+            **{name: experiment(name, {"kind": "image", "latent_dim": 4}) for name in variants},
+        },
+    }
+    found = {
+        **METRICS,
+        "pics_M20": METRICS["pics_P50"],
+        "pics_P70": METRICS["pics_P50"],
+        "pics_avg4": METRICS["pics_avg"],
+    }
     summary = write_outputs(params, found, evaluated / "reports", evaluated / "metrics")
     # The summary's keys stay as they were: `dvc metrics diff` compares across versions.
     assert set(summary["pics"]["occlusion"]) == {"P50", "P70", "M20"}
@@ -127,10 +179,11 @@ def test_settings_are_named_and_ordered_as_in_the_paper_everywhere(evaluated):
     report = (evaluated / "reports" / "REPORT.md").read_text()
     plots = evaluated / "reports" / "plots"
     for section, labels, experiments in (
-            ("occlusion", ["P.5", "P.7", "M20"], "`pics_P50`, `pics_P70`, `pics_M20`"),
-            ("compressed", ["2×2", "4×4"], "`pics_avg`, `pics_avg4`"),
-            ("reconstruction", ["d = 4"], "`pics`")):
-        table = report[report.index(f"## pics: {SCORES[section][1]}"):]
+        ("occlusion", ["P.5", "P.7", "M20"], "`pics_P50`, `pics_P70`, `pics_M20`"),
+        ("compressed", ["2×2", "4×4"], "`pics_avg`, `pics_avg4`"),
+        ("reconstruction", ["d = 4"], "`pics`"),
+    ):
+        table = report[report.index(f"## pics: {SCORES[section][1]}") :]
         assert table.split("\n")[2] == "| | " + " | ".join(labels) + " |"
         assert f"Experiments: {experiments} (figures" in table
         rows = json.loads((plots / f"pics_{section}.json").read_text())
@@ -141,10 +194,12 @@ def test_settings_are_named_and_ordered_as_in_the_paper_everywhere(evaluated):
 
 
 def test_the_truth_stands_beside_the_samples_for_every_kind_of_data(evaluated):
-    figures = {"pics": ("truth", "samples", "reconstructions"),
-               "clips": ("truth_frames", "samples_frames", "reconstructions"),
-               "talk": ("truth_spectrograms", "samples_spectrograms", "reconstructions"),
-               "pics_P50": ("samples", "reconstructions")}  # no truth figure: as before
+    figures = {
+        "pics": ("truth", "samples", "reconstructions"),
+        "clips": ("truth_frames", "samples_frames", "reconstructions"),
+        "talk": ("truth_spectrograms", "samples_spectrograms", "reconstructions"),
+        "pics_P50": ("samples", "reconstructions"),
+    }  # no truth figure: as before
     for name, stems in figures.items():
         folder = evaluated / "reports" / "experiments" / name / "figures"
         folder.mkdir(parents=True)
@@ -153,15 +208,20 @@ def test_the_truth_stands_beside_the_samples_for_every_kind_of_data(evaluated):
     write_outputs(PARAMS, dict(METRICS), evaluated / "reports", evaluated / "metrics")
     report = (evaluated / "reports" / "REPORT.md").read_text()
     for name, (truth, samples, _) in list(figures.items())[:3]:
-        section = report[report.index(f"### {name}\n"):]
+        section = report[report.index(f"### {name}\n") :]
         assert section.split("\n")[2:6] == [
-            "| truth | samples from the prior |", "|---|---|",
-            (f"| ![{name} {truth}](experiments/{name}/figures/{truth}.png) | "
-             f"![{name} {samples}](experiments/{name}/figures/{samples}.png) |"),
-            ""]
-        assert section.split("\n")[6] == (f"![{name} reconstructions]"
-                                          f"(experiments/{name}/figures/reconstructions.png)")
-    section = report[report.index("### pics_P50\n"):]
+            "| truth | samples from the prior |",
+            "|---|---|",
+            (
+                f"| ![{name} {truth}](experiments/{name}/figures/{truth}.png) | "
+                f"![{name} {samples}](experiments/{name}/figures/{samples}.png) |"
+            ),
+            "",
+        ]
+        assert section.split("\n")[6] == (
+            f"![{name} reconstructions](experiments/{name}/figures/reconstructions.png)"
+        )
+    section = report[report.index("### pics_P50\n") :]
     assert section.split("\n")[2] == "![pics_P50 samples](experiments/pics_P50/figures/samples.png)"
 
 
@@ -170,21 +230,28 @@ def test_the_notes_are_computed_from_the_numbers(evaluated):
     write_outputs(PARAMS, found, evaluated / "reports", evaluated / "metrics")
     report = (evaluated / "reports" / "REPORT.md").read_text()
     start = report.index("## Notes computed")
-    notes = report[start:report.index("\n## ", start + 1)]
+    notes = report[start : report.index("\n## ", start + 1)]
     assert "ABP's error is below both baselines' in 2 of 5 evaluated experiments." in notes
-    assert ("`pics`: ABP's held-out error 0.0500 is above that of PCA (d = 4), 0.0400, by "
-            "0.0100 (25 %).") in notes
-    assert ("`talk`: ABP's held-out error 0.0200 is above that of PCA (d = 8), 0.0160, by "
-            "0.0040 (25 %), and that of silence, 0.0190, by 0.0010 (5 %).") in notes
-    assert ("`clips`: ABP's training error 0.0300 is above that of PCA (d = 2), 0.0000, by "
-            "0.0300.") in notes
+    assert (
+        "`pics`: ABP's held-out error 0.0500 is above that of PCA (d = 4), 0.0400, by "
+        "0.0100 (25 %)."
+    ) in notes
+    assert (
+        "`talk`: ABP's held-out error 0.0200 is above that of PCA (d = 8), 0.0160, by "
+        "0.0040 (25 %), and that of silence, 0.0190, by 0.0010 (5 %)."
+    ) in notes
+    assert (
+        "`clips`: ABP's training error 0.0300 is above that of PCA (d = 2), 0.0000, by 0.0300."
+    ) in notes
     assert "`pics_P50`: ABP" not in notes  # it beats both
     assert "`pics`: training error 0.0100 against held-out 0.0500 (5.0×)" in notes
     assert "its 40 training signals far better than new ones (overfitting)" in notes
     assert "`talk`: training error" not in notes  # 0.018 against 0.02: no overfitting
-    assert ("`clips`: PCA has d = 2 components, not ABP's latent size 256: 3 training examples "
-            "span at most 2 dimensions (n − 1). With d = n − 1 it reproduces every training "
-            "signal exactly") in notes
+    assert (
+        "`clips`: PCA has d = 2 components, not ABP's latent size 256: 3 training examples "
+        "span at most 2 dimensions (n − 1). With d = n − 1 it reproduces every training "
+        "signal exactly"
+    ) in notes
     assert "Not evaluated yet (no metrics file): `never_run`." in notes
     assert "but only by" not in notes
     assert "`pics_avg`: PCA scores exactly as the mean signal does." in notes
@@ -195,8 +262,10 @@ def test_the_notes_are_computed_from_the_numbers(evaluated):
     report = (evaluated / "reports" / "REPORT.md").read_text()
     assert "`pics`: ABP's held-out error 0.0388 is above" not in report
     assert "below both baselines' in 3 of 5 evaluated experiments" in report
-    assert ("`pics`: ABP's held-out error 0.0388 is below that of PCA (d = 4), 0.0400, but only "
-            "by 0.0012 (3 %)") in report
+    assert (
+        "`pics`: ABP's held-out error 0.0388 is below that of PCA (d = 4), 0.0400, but only "
+        "by 0.0012 (3 %)"
+    ) in report
 
 
 def test_the_command_reads_the_metrics_folder_and_prints_the_users_notes(evaluated, monkeypatch):

@@ -24,6 +24,7 @@ def uri(monkeypatch):
 def tracking_uri_setting() -> str | None:
     """What mlflow.set_tracking_uri last set (None: unset), unlike get_tracking_uri."""
     from mlflow.tracking._tracking_service import utils
+
     return utils._tracking_uri
 
 

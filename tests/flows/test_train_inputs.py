@@ -24,14 +24,34 @@ def test_a_run_logs_its_data_set_and_a_new_data_version_a_new_digest(tmp_path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     write_images(tmp_path / "raw", 12, size=(8, 8), mode="L")
-    Path("params.yaml").write_text(yaml.safe_dump({
-        "datasets": {"pics": {"kind": "images", "source": "raw", "image_size": 8,
-                              "test_fraction": 0.25}},
-        "experiments": {"tiny": {
-            "dataset": "pics", "generator": {"kind": "image", "latent_dim": 2, "widths": [8]},
-            "abp": {"sigma": 0.3, "step_size": 0.1, "langevin_steps": 2, "learning_rate": 0.003,
-                    "batch_size": 4},
-            "training": {"epochs": 1, "checkpoint_every": 1, "media_every": 1}}}}))
+    Path("params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "pics": {
+                        "kind": "images",
+                        "source": "raw",
+                        "image_size": 8,
+                        "test_fraction": 0.25,
+                    }
+                },
+                "experiments": {
+                    "tiny": {
+                        "dataset": "pics",
+                        "generator": {"kind": "image", "latent_dim": 2, "widths": [8]},
+                        "abp": {
+                            "sigma": 0.3,
+                            "step_size": 0.1,
+                            "langevin_steps": 2,
+                            "learning_rate": 0.003,
+                            "batch_size": 4,
+                        },
+                        "training": {"epochs": 1, "checkpoint_every": 1, "media_every": 1},
+                    }
+                },
+            }
+        )
+    )
     first = train_once(tmp_path)
 
     manifest = json.loads((tmp_path / "data" / "prepared" / "pics" / "manifest.json").read_text())
@@ -41,8 +61,14 @@ def test_a_run_logs_its_data_set_and_a_new_data_version_a_new_digest(tmp_path, m
     assert len(dataset.digest) == 12
     assert json.loads(dataset.source) == {"uri": str(tmp_path / "data" / "prepared" / "pics")}
     tags = {t.key: t.value for t in dataset_input.tags}
-    assert tags == {"mlflow.data.context": "training", "source": "raw", "kind": "image",
-                    "signal_shape": "[1, 8, 8]", "train_examples": "9", "test_examples": "3"}
+    assert tags == {
+        "mlflow.data.context": "training",
+        "source": "raw",
+        "kind": "image",
+        "signal_shape": "[1, 8, 8]",
+        "train_examples": "9",
+        "test_examples": "3",
+    }
     assert first.data.tags["experiment"] == "tiny"
     assert first.data.tags["data_digest"] == dataset.digest
     assert first.data.tags["dvc_stage"] == "train@tiny"

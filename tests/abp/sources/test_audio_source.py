@@ -33,11 +33,17 @@ def test_wav_and_flac_are_resampled_to_mono_clips(tmp_path):
 def test_a_clip_holds_the_samples_at_its_recorded_start(tmp_path):
     ramp = np.linspace(-0.9, 0.9, 5000, dtype=np.float32)  # sample i has a value of its own
     soundfile.write(str(tmp_path / "ramp.wav"), ramp, 8000, subtype="FLOAT")
-    clips = load_audio_clips(tmp_path / "ramp.wav", sample_rate=8000, clip_length=1000,
-                             clip_stride=300, peak_normalize=False, max_clips=6)
+    clips = load_audio_clips(
+        tmp_path / "ramp.wav",
+        sample_rate=8000,
+        clip_length=1000,
+        clip_stride=300,
+        peak_normalize=False,
+        max_clips=6,
+    )
     assert clips.start.tolist() == [0, 300, 600, 900, 1200, 1500]
     for clip, start in zip(clips.x, clips.start.tolist()):
-        torch.testing.assert_close(clip[0], torch.from_numpy(ramp[start:start + 1000]))
+        torch.testing.assert_close(clip[0], torch.from_numpy(ramp[start : start + 1000]))
 
 
 def test_mp3_is_read(tmp_path):
@@ -57,16 +63,19 @@ def test_short_sounds_are_left_out_in_one_summary_line(tmp_path, caplog):
     assert clips.names() == ["zlong.wav"] and len(clips.x) == 4 and len(clips.skipped) == 5
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("skipping 5 audio files too short for one clip: short0.wav, "
-                               "short1.wav, short2.wav and 2 more")
+    assert lines[0].startswith(
+        "skipping 5 audio files too short for one clip: short0.wav, "
+        "short1.wav, short2.wav and 2 more"
+    )
     assert "pad_short: true" in lines[0]
 
 
 def test_pad_short_zero_pads_a_short_sound_and_masks_the_padding(tmp_path):
     write_tone(tmp_path / "a_short.wav", seconds=0.1, rate=8000)  # 800 samples
     write_tone(tmp_path / "b_long.wav", seconds=0.25, rate=8000)  # 2000 samples: 2 clips
-    clips = load_audio_clips(tmp_path, sample_rate=8000, clip_length=1000, clip_stride=1000,
-                             pad_short=True)
+    clips = load_audio_clips(
+        tmp_path, sample_rate=8000, clip_length=1000, clip_stride=1000, pad_short=True
+    )
     assert clips.x.shape == (3, 1, 1000) and clips.skipped == []
     assert [p.name for p in clips.padded] == ["a_short.wav"]
     assert clips.mask.shape == clips.x.shape and clips.mask.dtype == torch.bool
@@ -77,9 +86,11 @@ def test_pad_short_zero_pads_a_short_sound_and_masks_the_padding(tmp_path):
 
 def test_short_corrupt_and_empty_audio_are_explained(tmp_path):
     write_tone(tmp_path / "short.wav", seconds=0.1, rate=8000)
-    with pytest.raises(SourceError, match="short.wav.*800 samples at 8000 Hz, fewer than the clip length 1000"):
-        load_audio_clips(tmp_path, sample_rate=8000, clip_length=1000, clip_stride=1000,
-                         on_corrupt="fail")
+    message = r"short\.wav.*800 samples at 8000 Hz, fewer than the clip length 1000"
+    with pytest.raises(SourceError, match=message):
+        load_audio_clips(
+            tmp_path, sample_rate=8000, clip_length=1000, clip_stride=1000, on_corrupt="fail"
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="the folder has no audio files"):
         load_audio_clips(tmp_path / "empty", sample_rate=8000, clip_length=10, clip_stride=10)

@@ -14,9 +14,13 @@ def test_reads_every_image_under_the_folder_recursively_in_path_order(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     x, files, skipped = load_image_folder(tmp_path, size=16, channels=3)
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
-    assert -1 <= x.min() and x.max() <= 1
+    assert x.min() >= -1 and x.max() <= 1
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
-        "a/img000.png", "a/img001.png", "b/deeper/img000.jpg", "b/deeper/img001.jpg"]
+        "a/img000.png",
+        "a/img001.png",
+        "b/deeper/img000.jpg",
+        "b/deeper/img001.jpg",
+    ]
     assert skipped == []
     gray, _, _ = load_image_folder(tmp_path, size=8, channels=1, max_images=3)
     assert gray.shape == (3, 1, 8, 8)
@@ -34,9 +38,9 @@ def test_center_crop_keeps_the_middle_square():
 def test_a_corrupt_file_is_skipped_and_recorded_or_fails_on_request(tmp_path):
     write_images(tmp_path, 3)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    x, files, skipped = load_image_folder(tmp_path, size=8, channels=1)
+    x, _files, skipped = load_image_folder(tmp_path, size=8, channels=1)
     assert len(x) == 3 and len(skipped) == 1 and skipped[0].path.endswith("broken.png")
-    with pytest.raises(SourceError, match="broken.png: cannot read this image"):
+    with pytest.raises(SourceError, match=r"broken\.png: cannot read this image"):
         load_image_folder(tmp_path, size=8, channels=1, on_corrupt="fail")
 
 
