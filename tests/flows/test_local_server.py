@@ -10,6 +10,9 @@ import pytest
 
 from flows.local_server import main
 
+# Real Prefect servers started and stopped: `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 CHECK = """
 import os, urllib.request
 url = os.environ["PREFECT_API_URL"]
@@ -37,9 +40,6 @@ def test_exit_status_of_the_command_is_returned(monkeypatch):
 
 CHILD = """
 import time
-
-# Real Prefect servers started and stopped: `make test-fast` leaves these out.
-pytestmark = pytest.mark.slow
 try:
     print("ready", flush=True)
     time.sleep(60)
