@@ -44,7 +44,7 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 # errors that did not change (its PCA and trivial baselines).
 KEY_METRICS := heldout_mae|pca_heldout_mae|trivial_heldout_mae|train_mae|train_hidden_mae
 # params.yaml's columns (not metrics/summary.json's experiments.<experiment>.<error>.abp)
-EXPERIMENT_KEYS := dataset|generator|abp|training|evaluation
+EXPERIMENT_KEYS := dataset|generator|abp|execution|training|evaluation
 SETTINGS := (bundled|datasets|variants)\.|experiments\.[^.]+\.($(EXPERIMENT_KEYS))(\.|$$)
 exp-show:  ## compare DVC experiments (make exp-show EXP=digits)
 	$(BIN)/dvc exp show --md --no-pager --only-changed \

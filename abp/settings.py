@@ -60,7 +60,7 @@ def check_fields(settings: Any) -> None:
 
 
 def _check(name: str, value: Any, annotation: Any) -> None:
-    if typing.get_origin(annotation) is tuple and isinstance(value, tuple):
+    if typing.get_origin(annotation) is tuple and isinstance(value, (tuple, list)):
         for index, (item, item_annotation) in enumerate(zip(value, typing.get_args(annotation))):
             _check(f"{name}[{index}]", item, item_annotation)
         return

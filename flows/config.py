@@ -57,38 +57,45 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {}
 
 
-def _bools_for_numbers(data: Any, types: dict[str, Any], loc: tuple[str, ...]) -> list:
+def _bools_for_numbers(data: Any, types: dict[str, Any], loc: tuple[str | int, ...]) -> list:
     """A `true` or `false` given for a number, anywhere in these settings (into abp's
-    dataclasses too, which pydantic validates with this model's config but not its
-    validators)."""
+    dataclasses and the items of tuples too: pydantic validates those with this model's
+    config but not its validators)."""
     refused = []
     for key, value in data.items() if isinstance(data, dict) else ():
-        annotation = types.get(key)
-        if annotation is None:
-            continue
-        if (
-            isinstance(value, bool)
-            and _admits(annotation, (int, float))
-            and not _admits(annotation, (bool,))
-        ):
-            refused.append(
+        if key in types:
+            refused += _bool_for_number(value, types[key], (*loc, key))
+    return refused
+
+
+def _bool_for_number(value: Any, annotation: Any, loc: tuple[str | int, ...]) -> list:
+    if isinstance(value, bool):
+        if _admits(annotation, (int, float)) and not _admits(annotation, (bool,)):
+            return [
                 InitErrorDetails(
                     type=PydanticCustomError(
                         BOOL_FOR_NUMBER,
                         "expected a number, got {value}",
                         {"value": str(value).lower()},
                     ),
-                    loc=(*loc, key),
+                    loc=loc,
                     input=value,
                 )
-            )
-        elif (
-            isinstance(value, dict)
-            and isinstance(annotation, type)
-            and dataclasses.is_dataclass(annotation)
-        ):
-            refused += _bools_for_numbers(value, _field_types(annotation), (*loc, key))
-    return refused
+            ]
+        return []
+    if (
+        isinstance(value, dict)
+        and isinstance(annotation, type)
+        and dataclasses.is_dataclass(annotation)
+    ):
+        return _bools_for_numbers(value, _field_types(annotation), loc)
+    if isinstance(value, (list, tuple)) and get_origin(annotation) is tuple:
+        return [
+            refusal
+            for index, (item, item_annotation) in enumerate(zip(value, get_args(annotation)))
+            for refusal in _bool_for_number(item, item_annotation, (*loc, index))
+        ]
+    return []
 
 
 class Strict(BaseModel):
@@ -292,7 +299,14 @@ def _validate(adapter: TypeAdapter, raw: Any, key: str, path: Path):
                 "input" in e and not isinstance(e["input"], dict) and e["type"] != BOOL_FOR_NUMBER
             )  # that message shows the value
             got = f" (got {e['input']!r})" if shown else ""
-            problems.append(f"{path}: {where}: {e['msg']}{got}{_moved(loc, e['type'], key)}")
+            # abp's dataclasses reject an unknown key in their own words: say it as for the
+            # rest of the file.
+            message = (
+                "Extra inputs are not permitted"
+                if e["type"] == "unexpected_keyword_argument"
+                else e["msg"]
+            )
+            problems.append(f"{path}: {where}: {message}{got}{_moved(loc, e['type'], key)}")
         raise ConfigError("\n".join(problems)) from None
 
 
@@ -399,8 +413,8 @@ class ExperimentConfig(Strict):
     bounds are defined there, once, and checked here with this file's rules (unknown keys,
     inf/nan and `true` for a number refused). `dataset`, `generator`, `abp` and `training`
     are required, so that the DVC train stage can list them as its params; `evaluation`
-    settings rerun the evaluation alone, and `execution` (how fast, not what) reruns
-    nothing."""
+    settings rerun the evaluation alone, and so does `execution` (how fast, not what: it
+    retrains nothing)."""
 
     dataset: str
     generator: dict[str, Any]

@@ -87,7 +87,7 @@ def test_setting_every_value_at_once_rewraps_no_line(tmp_path):
                 "+    training: {epochs: 80, checkpoint_every: 5, media_every: 10}",
             ],
         ),
-        ("+experiments.faces.abp.cuda_graphs=true", ["+      cuda_graphs: true"]),
+        ("+experiments.faces.abp.sgd_momentum=0.9", ["+      sgd_momentum: 0.9"]),
         (
             "bundled.textures.image_size=224",
             [

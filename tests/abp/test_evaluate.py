@@ -276,6 +276,35 @@ def test_the_protocol_scores_a_library_users_model_as_the_pipeline_does(tmp_path
         evaluation=EvaluationConfig(n_steps=5),
     )
     assert no_test.shown_split is train and "heldout_mae" not in no_test.metrics
+    empty = Split(test.x[:0], test.y[:0], test.observation.select(torch.arange(0)), test.mask[:0])
+    no_test_examples = score(
+        generator,
+        train,
+        empty,
+        latent_bank=torch.zeros(24, 3),
+        config=ABPConfig(),
+        evaluation=EvaluationConfig(n_steps=5),
+    )
+    assert no_test_examples.metrics == no_test.metrics
+    assert no_test_examples.shown_split is train
+
+
+def test_flat_signals_are_scored_with_the_mean_as_their_trivial_baseline():
+    """A library user's N×D data (a LinearGenerator): not sound, so the trivial baseline is
+    the training mean, not silence."""
+    from abp.evaluate import Split, score
+    from abp.train import ABPConfig
+
+    torch.manual_seed(8)
+    x = torch.randn(20, 6) + 3
+    train, test = Split(x[:15], x[:15], Identity()), Split(x[15:], x[15:], Identity())
+    scores = score(
+        LinearGenerator(2, 6), train, test, latent_bank=torch.zeros(15, 2), config=ABPConfig()
+    )
+    mean = x[:15].mean(0, keepdim=True).expand(5, 6)
+    assert scores.metrics["trivial_heldout_mae"] == pytest.approx(
+        mean_absolute_error(mean, x[15:]), rel=1e-5
+    )
 
 
 def test_sample_latents_are_one_fixed_draw_whatever_the_generators_device():

@@ -173,6 +173,8 @@ def test_config_rejects_bad_values():
     # same rules hold for a library user, nested in tuples too, and a bool is not a number.
     with pytest.raises(ValueError, match=r"adam_betas\[1\] must be < 1, got 1.0"):
         ABPConfig(adam_betas=(0.5, 1.0))
+    with pytest.raises(ValueError, match=r"adam_betas\[0\] must be ≥ 0, got -0.1"):
+        ABPConfig(adam_betas=[-0.1, 0.9])  # type: ignore[arg-type]  # a list, as from JSON
     with pytest.raises(ValueError, match="batch_size must be ≥ 1, got True"):
         ABPConfig(batch_size=True)
     with pytest.raises(ValueError, match="inference_batch_size must be ≥ 1, got 0"):

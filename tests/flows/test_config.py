@@ -115,6 +115,14 @@ def with_experiment(**sections):
             "experiments.tiny.execution.inference_batch_size: expected a number, got true",
         ),
         (
+            {"abp": {"adam_betas": [False, 0.999]}},
+            "experiments.tiny.abp.adam_betas.0: expected a number, got false",
+        ),
+        (
+            {"evaluation": {"typo": 3}},
+            r"experiments.tiny.evaluation.typo: Extra inputs are not permitted \(got 3\)$",
+        ),
+        (
             {"abp": {"adam_betas": [0.5, 1.0]}},
             r"experiments.tiny.abp.adam_betas.1: Input should be less than 1 \(got 1.0\)",
         ),
@@ -159,7 +167,9 @@ def test_the_experiment_settings_are_abps_own_classes_with_every_knob_settable()
     assert cfg.abp == ABPConfig(optimizer="sgd", sgd_momentum=0.9, adam_betas=(0.9, 0.99))
     assert cfg.execution == ExecutionConfig(inference_batch_size=128)
     assert cfg.evaluation == EvaluationConfig(init="prior")
-    with pytest.raises(ConfigError, match=r"experiments.tiny.abp.typo: Unexpected keyword"):
+    with pytest.raises(
+        ConfigError, match=r"experiments.tiny.abp.typo: Extra inputs are not permitted"
+    ):
         experiment_config("tiny", with_experiment(abp={"typo": 1}))
     with pytest.raises(
         ConfigError,
