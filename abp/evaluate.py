@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from annotated_types import Ge, Gt
@@ -67,9 +67,10 @@ class Split:
     mask: torch.Tensor | None = None
 
     @classmethod
-    def read(cls, folder: Path, split: str) -> Split:
-        """The split `train` or `test` of a prepared data set folder (abp.datasets)."""
-        manifest = datasets.read_manifest(folder)
+    def read(cls, folder: Path, split: str, manifest: dict[str, Any] | None = None) -> Split:
+        """The split `train` or `test` of a prepared data set folder (abp.datasets); pass
+        the folder's manifest if it is already read."""
+        manifest = manifest if manifest is not None else datasets.read_manifest(folder)
         tensors = datasets.read_split(folder, split)
         y, observation = datasets.observations(tensors, manifest)
         return cls(tensors["x"], y, observation, tensors.get("mask"))
@@ -115,9 +116,9 @@ def most_probable_latents(
     step_size: float,
     max_steps: int,
     observation: Observation | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float = CONVERGED,
     patience: int = 10,
-    batch_size: int = 256,
+    batch_size: int = INFERENCE_BATCH,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient descent on each example's energy E(z) (abp.energy) from z, the weights fixed:
     the MAP latents that scoring uses. Returns (latents, the steps each example took).
@@ -238,8 +239,6 @@ def recover(
         step_size=evaluation.step_size or config.step_size,
         max_steps=evaluation.n_steps,
         observation=split.observation,
-        tolerance=CONVERGED,
-        batch_size=INFERENCE_BATCH,
     )
     with torch.no_grad():
         return consistent(generator(z), split), steps

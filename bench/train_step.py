@@ -40,7 +40,8 @@ from abp.train import ABPConfig, ABPTrainer, ExecutionConfig
 # reference alike; the batch size is each row's.
 DEFAULTS = ABPConfig()
 SIGMA, STEP_SIZE, LANGEVIN_STEPS = DEFAULTS.sigma, DEFAULTS.step_size, DEFAULTS.langevin_steps
-SWITCHES = ("channels_last", "bf16", "compile", "cuda_graphs")  # ExecutionConfig's switches
+# ExecutionConfig's on/off switches (channels_last, bf16, compile, cuda_graphs).
+SWITCHES = tuple(f.name for f in dataclasses.fields(ExecutionConfig) if f.default is False)
 
 # Dense bf16 tensor-core peaks (TFLOP/s) of the cards we expect, by name fragment; the first
 # fragment found in the device name wins, so the specific ones come first.

@@ -40,7 +40,7 @@ class Experiment:
     def split(self, split: str) -> Split:
         """The split `train` or `test`: the complete signals and what a model may see of
         them (observations, operator, mask)."""
-        return Split.read(self.data_folder, split)
+        return Split.read(self.data_folder, split, self.manifest)
 
     @property
     def signal_shape(self) -> list[int]:
