@@ -304,8 +304,18 @@ def _check_sqlite(uri: str, timeout: float) -> None:
     if path.is_dir():
         raise TrackingUnavailable(f"{path} is a folder, not an SQLite database: {advice}")
     if path.exists():
+        try:  # really try: a permission check says yes to root, and knows no read-only mount
+            with open(path, "r+b"):
+                pass
+        except OSError as error:
+            raise TrackingUnavailable(
+                f"{path} is read-only ({error.strerror}): make it writable or {advice}"
+            ) from None
         try:
-            with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout) as db:
+            # Read-write, not read-only: a writer killed mid-transaction (kill -9, a power
+            # cut) leaves a hot journal that only a connection allowed to write rolls back;
+            # a read-only one fails with "attempt to write a readonly database".
+            with sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=timeout) as db:
                 db.execute("PRAGMA schema_version").fetchone()
             db.close()
         except sqlite3.OperationalError as error:
@@ -314,13 +324,6 @@ def _check_sqlite(uri: str, timeout: float) -> None:
             raise TrackingUnavailable(
                 f"{path} is not an SQLite database ({error}): move it "
                 "aside or set MLFLOW_TRACKING_URI"
-            ) from None
-        try:  # really try: a permission check says yes to root, and knows no read-only mount
-            with open(path, "r+b"):
-                pass
-        except OSError as error:
-            raise TrackingUnavailable(
-                f"{path} is read-only ({error.strerror}): make it writable or {advice}"
             ) from None
     if not path.parent.is_dir():
         raise TrackingUnavailable(

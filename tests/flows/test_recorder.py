@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 
 import mlflow
@@ -316,6 +317,37 @@ def test_an_unreachable_server_fails_in_seconds_naming_the_variable(monkeypatch,
     assert str(error.value).startswith(f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers")
     assert "unset MLFLOW_TRACKING_URI" in str(error.value)
     check_reachable(live.uri)  # a live server passes
+
+
+# A writer killed mid-transaction: its changes spill into the database (cache of one page)
+# with the rollback journal beside it, then the process dies without committing.
+KILLED_WRITER = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")
+db.execute("BEGIN")
+for _ in range(200):
+    db.execute("INSERT INTO kept VALUES (randomblob(4000))")
+os._exit(0)
+"""
+
+
+def test_an_sqlite_store_a_killed_writer_left_mid_transaction_is_rolled_back(tmp_path):
+    """The hot journal of an MLflow write cut by kill -9 is no reason to refuse the store."""
+    database = tmp_path / "mlflow.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE kept (value BLOB)")
+        db.execute("INSERT INTO kept VALUES (x'01')")
+    db.close()
+    subprocess.run([sys.executable, "-c", KILLED_WRITER, str(database)], check=True)
+    journal = tmp_path / "mlflow.db-journal"
+    assert journal.stat().st_size > 0  # hot: the cut transaction's pages are in there
+
+    check_reachable(f"sqlite:///{database}")
+    assert not journal.exists()
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM kept").fetchone() == (1,)  # committed rows only
+    db.close()
 
 
 def test_an_sqlite_store_that_is_no_database_or_read_only_is_named(tmp_path):
