@@ -7,7 +7,9 @@
 - `run_command(main)`: what every `python -m flows.<stage>` runs under. SIGTERM (and SIGHUP)
   take the same path as Ctrl-C: KeyboardInterrupt in the main thread, so `finally:` blocks
   and context managers run (locks released, child servers stopped); then one line instead
-  of a traceback, and exit status 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+  of a traceback, and exit status 128 + the signal (130 for SIGINT, 143 for SIGTERM), also
+  when the signal came as Python was exiting. `raise_if_stopped()` lets a loop stop when
+  Python lost that KeyboardInterrupt (raised inside a finalizer, it is only printed).
 - `prefect_server()`: `prefect server start` on 127.0.0.1 as a child that dies with us;
   `prefect_server_for_this_process()` starts one only when no Prefect API is configured,
   instead of Prefect's temporary server, which is a plain child that outlives a killed parent.
@@ -21,7 +23,9 @@ that need it), so any entry point can import this first.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -167,23 +171,72 @@ def stop_group(
 class _Signals:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once; later ones are reported and
     ignored, so that they cannot interrupt the `finally:` blocks stopping children and
-    releasing locks (make forwards its SIGTERM to its child; Ctrl-C gets pressed twice)."""
+    releasing locks (make forwards its SIGTERM to its child; Ctrl-C gets pressed twice).
+
+    Once `main` has returned they are only recorded: there is nothing left to interrupt,
+    but the exit status must still say the command was stopped (see `exit_status`)."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
         self.stopping = False
+        self.exiting = False
+        self.status: int | None = None  # the status main returned, once it has
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, `cmd &` keep theirs
                 signal.signal(sig, self.handle)
+        atexit.register(self.exit_status)
 
     def handle(self, signum: int, frame) -> None:
         self.received.append(signum)
+        if self.exiting:
+            return
         if not self.stopping:
             self.stopping = True
             raise KeyboardInterrupt
         _say(f"{signal.Signals(signum).name} again: still stopping")
+
+    def exit_status(self) -> None:
+        """At exit: a signal that came after `main` returned 0 still makes the status 128 + N.
+
+        Python's shutdown runs threads' exit hooks (Prefect drains its queues to the API
+        there) after `sys.exit`; a KeyboardInterrupt raised in them is only printed
+        ("Exception ignored in ...") and the command would exit 0. DVC, which ignores SIGINT
+        while a stage runs and goes by its status, would then record the stage and start the
+        next one, as if Ctrl-C had never been pressed."""
+        if self.status != 0 or not self.received:
+            return
+        _say(f"interrupted ({signal.Signals(self.received[0]).name}): stopped")
+        logging.shutdown()  # what the exit hooks not yet run would have flushed
+        sys.stdout.flush()
+        os._exit(128 + self.received[0])
+
+
+_signals = _Signals()  # the process's: installed by run_command, empty in any other
+
+
+def raise_if_stopped() -> None:
+    """Raise KeyboardInterrupt if a signal has asked this command to stop, unless the clean-up
+    after it is running (a `finally:`, `__exit__` or `except` on the interrupt's way up).
+
+    For loops (a training's epochs, retries) to call between steps. The handler's
+    KeyboardInterrupt is normally on its way up already, but Python swallows it when it is
+    raised inside a finalizer or a weakref callback (printed as "Exception ignored in ..."),
+    and the command would then go on working with every later signal ignored."""
+    if _signals.received and not _signals.exiting and not _cleaning_up():
+        raise KeyboardInterrupt
+
+
+def _cleaning_up() -> bool:
+    error = sys.exc_info()[1]  # what is being handled here, in a finally block too
+    while error is not None:
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            return True
+        if type(error).__name__ == "TerminationSignal":  # Prefect's, from SIGTERM
+            return True
+        error = error.__context__
+    return False
 
 
 def _say(line: str) -> None:
@@ -213,7 +266,7 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
     the clean-up runs. An interrupted command ends with one line on stderr,
     "interrupted (SIGTERM): stopped", and exit status 128 + the signal number (130, 143)."""
     nohup = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    signals = _Signals()
+    signals = _signals
     signals.install()
     try:
         if not nohup:
@@ -230,8 +283,10 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
         if signals.received:  # an error raised while stopping is named on the same line
             _interrupted(signals.received[0], None if interrupt else error)
         _interrupted(getattr(error, "signal", signal.SIGTERM) if termination else signal.SIGINT)
-    if signals.received and not code:  # main caught the interrupt itself
+    signals.exiting = True  # before the check: a signal from now on is only recorded
+    if signals.received and not code:  # main caught the interrupt itself, or Python lost it
         _interrupted(signals.received[0])
+    signals.status = code or 0
     sys.exit(code)
 
 

@@ -65,6 +65,7 @@ from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
 
 from flows import tracking
 from flows.mlflow_http import HttpLimits, bounded_client
+from flows.process import raise_if_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,7 @@ class TrackingRecorder:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            raise_if_stopped()  # retrying for long: not after an interrupt Python lost
             time.sleep(min(pause, remaining))
             pause = min(2 * pause, 5.0)
 

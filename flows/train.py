@@ -51,7 +51,7 @@ from flows.experiment import Experiment, load_experiment
 from flows.locks import FolderLocked, exclusive
 from flows.mlflow_http import HttpLimits, process_http_limits
 from flows.paths import MODELS_ROOT, PREPARED_ROOT, experiment_arguments
-from flows.process import prefect_server_for_this_process, run_command
+from flows.process import prefect_server_for_this_process, raise_if_stopped, run_command
 from flows.recorder import TrackingRecorder, end_run
 from flows.samples import log_media
 from flows.system_metrics import SystemMetricsSampler
@@ -325,7 +325,9 @@ def _train(
             epoch_recorder = EpochRecorder(exp, trainer, progress, recorder)
             if not resume:  # a resumed run has its step 0 already
                 epoch_recorder.log_samples(trainer)
-            callbacks = [epoch_recorder, saver]
+            # Last: an interrupt Python lost (see raise_if_stopped) stops the training
+            # after the epoch's checkpoint, not after the last epoch.
+            callbacks = [epoch_recorder, saver, lambda _trainer, _stats: raise_if_stopped()]
             fit_with_retries(exp, trainer, callbacks, saver, checkpoint, recorder, logger)
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
         summary = _write_outputs(exp, trainer, run, recorder, logger)

@@ -25,9 +25,11 @@ import pytest
 import yaml
 from test_dvc_pipeline import REPO, tiny_params
 
+from flows import process as flows_process
+
 BIN = Path(sys.executable).parent
 EXPERIMENT = "digits_P50"
-EPOCHS = 6  # seconds of training (1-5 epochs/s): still running at the first checkpoint
+EPOCHS = 30  # seconds of training (10-20 epochs/s): still running when the signal comes
 STOPPED_WITHIN = 20  # seconds for every process of a run to be gone after the signal
 CHECKPOINT = Path("models") / EXPERIMENT / "checkpoints" / "last.pt"
 
@@ -266,6 +268,104 @@ def test_a_child_dies_with_its_parent_even_on_sigkill():
     command.kill()
     command.wait(timeout=10)
     assert _gone(child)
+
+
+# A command whose main returns 0 and whose exit hook gets a signal, as Prefect's queue drain
+# in threading's exit hooks does when Ctrl-C comes as a stage finishes.
+SIGNAL_WHILE_EXITING = """
+import os, signal, threading, time
+from flows.process import run_command
+def drain():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+    print("drained", flush=True)
+def main():
+    threading._register_atexit(drain)
+    return 0
+run_command(main)
+"""
+
+
+def test_a_signal_while_python_exits_still_makes_the_status_interrupted():
+    """Else DVC, which ignores SIGINT while a stage runs, records the stage and starts the
+    next one."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_WHILE_EXITING],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stdout == "drained\n"  # the exit hook was not cut short
+    assert done.stderr == "interrupted (SIGINT): stopped\n"  # and printed no traceback
+
+
+# Steps whose finalizer gets a signal: the KeyboardInterrupt raised inside __del__ is only
+# printed by Python ("Exception ignored in"), and main goes on.
+INTERRUPT_LOST_IN_A_FINALIZER = """
+import os, signal, sys, time
+from flows.process import raise_if_stopped, run_command
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+def main():
+    steps = 0
+    try:
+        for _ in range(40):
+            Finalized()
+            if sys.argv[1] == "check":
+                raise_if_stopped()
+            steps += 1
+            time.sleep(0.01)
+    finally:
+        print(steps, flush=True)
+run_command(main)
+"""
+
+
+@pytest.mark.parametrize("mode, steps", [("check", 0), ("no-check", 40)])
+def test_an_interrupt_python_lost_stops_the_next_step_that_checks(mode, steps):
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_LOST_IN_A_FINALIZER, mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Exception ignored in" in done.stderr  # the interrupt was lost
+    assert int(done.stdout) == steps
+    assert done.returncode == 130
+    assert done.stderr.endswith("interrupted (SIGINT): stopped\n")
+
+
+def _clean_up_after_an_interrupt() -> list[str]:
+    done = []
+    try:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            flows_process.raise_if_stopped()  # the interrupt is on its way up: no second one
+            done.append("cleaned up")
+    except KeyboardInterrupt:
+        pass
+    return done
+
+
+def _retry_after_an_error() -> None:
+    try:
+        raise ConnectionError
+    except ConnectionError:  # a retry's except clause is no clean-up of the interrupt
+        flows_process.raise_if_stopped()
+
+
+def test_the_check_lets_the_clean_up_after_the_interrupt_run(monkeypatch):
+    signals = flows_process._Signals()
+    signals.received.append(signal.SIGINT)
+    monkeypatch.setattr(flows_process, "_signals", signals)
+    assert _clean_up_after_an_interrupt() == ["cleaned up"]
+    with pytest.raises(KeyboardInterrupt):
+        _retry_after_an_error()
 
 
 def make_run(repo: Path, tmp_path: Path) -> Run:
