@@ -50,6 +50,10 @@ class EvaluationConfig:
     # Signals generated from prior draws for the samples figure and media (sample_latents:
     # one fixed seed, so evaluations compare).
     n_samples: Annotated[int, Ge(1)] = 16
+    # Examples whose descent runs at once on the evaluating device: bounds its memory (one
+    # batch there, plus the generator; the splits stay on the host) and changes no result
+    # beyond rounding, since each example stops on its own.
+    batch_size: Annotated[int, Ge(1)] = 256
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -83,8 +87,6 @@ class Split:
         return tuple(self.x.shape[1:])
 
 
-# Examples inferred at once: the whole split for the bundled data, bounded memory for more.
-INFERENCE_BATCH = 256
 # A latent's descent stops once its lowest energy fell by less than this fraction over 10
 # steps (most_probable_latents; EvaluationConfig.n_steps stays the limit).
 CONVERGED = 1e-4
@@ -118,54 +120,99 @@ def most_probable_latents(
     observation: Observation | None = None,
     tolerance: float = CONVERGED,
     patience: int = 10,
-    batch_size: int = INFERENCE_BATCH,
+    batch_size: int = EvaluationConfig.batch_size,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient descent on each example's energy E(z) (abp.energy) from z, the weights fixed:
-    the MAP latents that scoring uses. Returns (latents, the steps each example took).
+    the MAP latents that scoring uses. Returns (latents, the steps each example took), where
+    z is.
 
     Each example keeps the lowest-energy latent it has visited, because descent with the
     training's step size can overshoot and circle the minimum instead of settling in it, and
     stops on its own once that lowest energy fell by less than `tolerance` (relative) over
-    `patience` steps, or after `max_steps`. One example's stop never changes another's
-    result, so the outcome does not depend on `batch_size` (it only bounds memory) beyond
-    floating-point rounding.
+    `patience` steps, or after `max_steps`. The examples are descended `batch_size` at a
+    time on `device` (default: the generator's), each batch to its end before the next is
+    moved there, so y and z may stay on the host and the device holds one batch. One
+    example's stop never changes another's result, so the outcome does not depend on
+    `batch_size` beyond floating-point rounding.
     """
-    n = y.shape[0]
-    half_step = step_size**2 / 2
+    device = torch.device(device) if device is not None else device_of(generator)
     observation = observation or Identity()
+    half_step = step_size**2 / 2
+    latents, steps = [], []
+    with frozen_weights(generator):
+        for index in torch.arange(len(y)).split(batch_size):
+            batch_z, batch_steps = descend(
+                generator,
+                y[index].to(device),
+                z[index].to(device),
+                observation.select(index).to(device),
+                sigma=sigma,
+                half_step=half_step,
+                max_steps=max_steps,
+                tolerance=tolerance,
+                patience=patience,
+            )
+            latents.append(batch_z.to(z.device))
+            steps.append(batch_steps.to(z.device))
+    return torch.cat(latents), torch.cat(steps)  # one batch at least: split never gives none
+
+
+def descend(
+    generator: torch.nn.Module,
+    y: torch.Tensor,
+    z: torch.Tensor,
+    observation: Observation,
+    *,
+    sigma: float,
+    half_step: float,
+    max_steps: int,
+    tolerance: float,
+    patience: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """most_probable_latents for one batch, all on one device: every pass scores the still
+    active examples' z and steps them, until each has stopped. Returns (the lowest-energy
+    latents, steps per example)."""
+    n = len(z)
     z = z.detach().clone()
     best_z, best_energy = z.clone(), torch.full((n,), math.inf, device=z.device)
     energy_at_last_check = best_energy.clone()
     active = torch.ones(n, dtype=torch.bool, device=z.device)
     steps = torch.zeros(n, dtype=torch.long, device=z.device)
-    with frozen_weights(generator):
-        for step in range(max_steps + 1):  # the last pass only scores the final step's z
-            for index in active.nonzero().squeeze(1).split(batch_size):
-                z_batch = z[index].requires_grad_(step < max_steps)
-                with torch.set_grad_enabled(step < max_steps):
-                    e = energy(
-                        generator,
-                        z_batch,
-                        y[index],
-                        sigma=sigma,
-                        observation=observation.select(index),
-                    )
-                    if step < max_steps:
-                        (grad,) = torch.autograd.grad(e.sum(), z_batch)
-                        z[index] = z_batch.detach() - half_step * grad
-                e = e.detach()
-                better = e < best_energy[index]
-                best_energy[index[better]] = e[better]
-                best_z[index[better]] = z_batch.detach()[better]
-            if step < max_steps:
-                steps[active] += 1
-            if (step + 1) % patience == 0:
-                stalled = energy_at_last_check - best_energy <= tolerance * best_energy.abs()
-                active &= ~stalled
-                energy_at_last_check = best_energy.clone()
-                if not active.any():
-                    break
+    # The active examples change only at a check: reading them then (a host sync) keeps
+    # the passes between checks free of syncs.
+    index = torch.arange(n, device=z.device)
+    for step in range(max_steps + 1):  # the last pass only scores the final step's z
+        descending = step < max_steps
+        z_active = z[index].requires_grad_(descending)
+        with torch.set_grad_enabled(descending):
+            e = energy(
+                generator, z_active, y[index], sigma=sigma, observation=observation.select(index)
+            )
+            if descending:
+                (grad,) = torch.autograd.grad(e.sum(), z_active)
+                z[index] = z_active.detach() - half_step * grad
+        e, z_active = e.detach(), z_active.detach()
+        better = e < best_energy[index]
+        best_energy[index] = torch.where(better, e, best_energy[index])
+        rows_better = better.view(-1, *[1] * (z.dim() - 1))
+        best_z[index] = torch.where(rows_better, z_active, best_z[index])
+        if descending:
+            steps[index] += 1
+        if (step + 1) % patience == 0:
+            stalled = energy_at_last_check - best_energy <= tolerance * best_energy.abs()
+            active &= ~stalled
+            energy_at_last_check = best_energy.clone()
+            index = active.nonzero().squeeze(1)
+            if len(index) == 0:
+                break
     return best_z, steps
+
+
+def device_of(generator: torch.nn.Module) -> torch.device:
+    """Where the generator's weights are (the CPU for one without weights)."""
+    weight = next(generator.parameters(), None)
+    return weight.device if weight is not None else torch.device("cpu")
 
 
 def errors(split: str, estimate: torch.Tensor, truth: Split) -> dict[str, float]:
@@ -227,10 +274,18 @@ class Scores:
 
 
 def recover(
-    generator, split: Split, start: torch.Tensor, config: ABPConfig, evaluation: EvaluationConfig
+    generator,
+    split: Split,
+    start: torch.Tensor,
+    config: ABPConfig,
+    evaluation: EvaluationConfig,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Signals from what is seen of them: g at their most probable latents (descent from
-    `start`), keeping what the data say. Returns (signals, descent steps per example)."""
+    `start`), keeping what the data say. Returns (signals, descent steps per example), on
+    the host (where the split is); the descent and g run on `device` (default: the
+    generator's), evaluation.batch_size examples at a time."""
+    device = torch.device(device) if device is not None else device_of(generator)
     z, steps = most_probable_latents(
         generator,
         split.y,
@@ -239,9 +294,17 @@ def recover(
         step_size=evaluation.step_size or config.step_size,
         max_steps=evaluation.n_steps,
         observation=split.observation,
+        batch_size=evaluation.batch_size,
+        device=device,
     )
     with torch.no_grad():
-        return consistent(generator(z), split), steps
+        generated = torch.cat(
+            [
+                generator(batch.to(device)).to(split.y.device)
+                for batch in z.split(evaluation.batch_size)
+            ]
+        )
+    return consistent(generated, split), steps
 
 
 def starting_latents(generator, n: int, init: str) -> torch.Tensor:
@@ -260,6 +323,7 @@ def score(
     latent_bank: torch.Tensor,
     config: ABPConfig,
     evaluation: EvaluationConfig | None = None,
+    device: torch.device | str | None = None,
 ) -> Scores:
     """The evaluation protocol: ABP's errors beside those of PCA and of the trivial baseline,
     each learned from exactly the training data ABP learned from and scored alike.
@@ -275,18 +339,20 @@ def score(
       anywhere in a recording is silence plus noise).
 
     Every recovered signal keeps what the data say (consistent). The weights stay fixed.
-    Everything runs where the tensors are: give the generator, the splits and the latent
-    bank on one device (the pipeline scores on the CPU)."""
+    The splits and the latent bank stay on the host, where the errors and the baselines are
+    computed; ABP's descent runs on `device` (default: the generator's, where the generator
+    must be), evaluation.batch_size examples at a time, so the device holds one batch."""
     evaluation = evaluation or EvaluationConfig()
     generator = generator.eval()
+    device = torch.device(device) if device is not None else device_of(generator)
     test = test if test is not None and len(test) > 0 else None
     shape = train.signal_shape
-    fitted, train_steps = recover(generator, train, latent_bank, config, evaluation)
+    fitted, train_steps = recover(generator, train, latent_bank, config, evaluation, device)
     steps = {"train": train_steps}
     recovered = None
     if test is not None:
         start = starting_latents(generator, len(test), evaluation.init)
-        recovered, steps["test"] = recover(generator, test, start, config, evaluation)
+        recovered, steps["test"] = recover(generator, test, start, config, evaluation, device)
     metrics = scored("", fitted, recovered, train, test)
 
     latent_size = math.prod(generator.latent_shape)

@@ -9,6 +9,8 @@ model may see, every recovered signal keeping what the data say, ABP beside PCA 
 d = the latent size and a trivial baseline (the training mean; silence for sound), all
 learned from exactly the same training data and scored alike (mean absolute errors on the
 [0, 1] scale: train_mae, heldout_mae, *_hidden_mae; pca_* and trivial_* for the baselines).
+ABP's descent runs on the training device (CUDA when there is one), evaluation.batch_size
+examples at a time; the splits, the errors, the baselines and the figures stay on the CPU.
 
 This flow adds what a person looks at and what the team tracks. It writes
 metrics/experiments/<experiment>.json (flat numbers, for `dvc metrics diff`), and under
@@ -26,6 +28,8 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,10 +47,11 @@ from prefect.states import Failed
 
 from abp import media
 from abp.datasets import DataError
-from abp.evaluate import sample_latents, score, what_is_seen
+from abp.evaluate import device_of, sample_latents, score, what_is_seen
 from abp.files import remove_stale_partials, write_json
 from abp.media import latent_grid, save_png
 from abp.models import load_generator
+from abp.train import default_device
 from flows import registry, tracking
 from flows.config import ConfigError
 from flows.experiment import Experiment, load_experiment
@@ -66,22 +71,43 @@ def run_logger():
         return logging.getLogger(__name__)
 
 
-def compute_metrics(exp: Experiment, generator) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+@contextmanager
+def moved_to(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """The module on `device` for the duration, then back where it was: the figures, MLflow
+    and the registry take the generator as it was loaded, on the CPU."""
+    home = device_of(module)
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)
+
+
+def compute_metrics(
+    exp: Experiment, generator, device: torch.device | None = None
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The evaluation protocol (abp.evaluate.score) on the experiment's prepared splits: ABP's
     errors beside those of PCA and of the trivial baseline, with the sizes that explain them;
     and the signals the figures compare ({row label: signals}, the whole split shown:
-    write_figures picks the examples)."""
+    write_figures picks the examples). ABP's descent runs on `device` (default: the training
+    device, CUDA when there is one) one evaluation.batch_size batch at a time; the splits,
+    the errors and the baselines stay on the CPU."""
     logger = run_logger()
+    device = device if device is not None else default_device()
+    batch_size = exp.cfg.evaluation.batch_size
+    logger.info("descent on %s, %d examples at a time", device, batch_size)
     started = time.perf_counter()
     bank = torch.load(exp.model_folder / "latent_bank.pt", map_location="cpu", weights_only=True)
-    scores = score(
-        generator,
-        exp.split("train"),
-        exp.split("test"),
-        latent_bank=bank,
-        config=exp.cfg.abp,
-        evaluation=exp.cfg.evaluation,
-    )
+    with moved_to(generator, device):
+        scores = score(
+            generator,
+            exp.split("train"),
+            exp.split("test"),
+            latent_bank=bank,
+            config=exp.cfg.abp,
+            evaluation=exp.cfg.evaluation,
+            device=device,
+        )
     n_steps = exp.cfg.evaluation.n_steps
     for split, steps in scores.descent_steps.items():
         # Latents that used every step may not have converged: raise evaluation.n_steps if many.

@@ -1,12 +1,15 @@
 """Error measures, the most probable latents and the baselines on cases with known answers."""
 
+import math
+
 import pytest
 import torch
 
 from abp.baselines import PCA, linear_baseline, pca_from_observations, pca_size, recover_with_pca
 from abp.energy import energy
-from abp.evaluate import Split, mean_absolute_error, most_probable_latents, scored
-from abp.models import LinearGenerator
+from abp.evaluate import CONVERGED, Split, mean_absolute_error, most_probable_latents, scored
+from abp.langevin import frozen_weights
+from abp.models import LinearGenerator, build_generator
 from abp.observe import Identity, LocalAverage, Mask, Projection
 
 
@@ -88,6 +91,16 @@ def test_compressed_pca_stays_consistent_with_the_measurements():
     torch.testing.assert_close(op(recovered), op(new), atol=1e-3, rtol=0)
 
 
+AUDIO_GENERATOR = {
+    "kind": "audio",
+    "latent_channels": 3,
+    "latent_length": 4,
+    "widths": [4],
+    "stride": 4,
+    "channels": 1,
+}
+
+
 def linear_generator(latent_dim: int, size: int, seed: int) -> LinearGenerator:
     torch.manual_seed(seed)
     return LinearGenerator(latent_dim, (1, size))
@@ -141,6 +154,163 @@ def test_an_overshooting_descent_returns_the_lowest_energy_latent_it_visited():
             energy(generator, z, y, sigma=0.05) <= energy(generator, start, y, sigma=0.05)
         )
     assert torch.isfinite(z).all()
+
+
+def whole_split_latents(generator, y, z, *, sigma, step_size, max_steps, observation, chunk):
+    """most_probable_latents before per-batch descent, kept as the reference: one loop over
+    the whole split, every step visiting the still active examples `chunk` at a time."""
+    n = y.shape[0]
+    half_step = step_size**2 / 2
+    z = z.detach().clone()
+    best_z, best_energy = z.clone(), torch.full((n,), math.inf)
+    energy_at_last_check = best_energy.clone()
+    active = torch.ones(n, dtype=torch.bool)
+    steps = torch.zeros(n, dtype=torch.long)
+    with frozen_weights(generator):
+        for step in range(max_steps + 1):
+            for index in active.nonzero().squeeze(1).split(chunk):
+                z_batch = z[index].requires_grad_(step < max_steps)
+                with torch.set_grad_enabled(step < max_steps):
+                    e = energy(
+                        generator,
+                        z_batch,
+                        y[index],
+                        sigma=sigma,
+                        observation=observation.select(index),
+                    )
+                    if step < max_steps:
+                        (grad,) = torch.autograd.grad(e.sum(), z_batch)
+                        z[index] = z_batch.detach() - half_step * grad
+                e = e.detach()
+                better = e < best_energy[index]
+                best_energy[index[better]] = e[better]
+                best_z[index[better]] = z_batch.detach()[better]
+            if step < max_steps:
+                steps[active] += 1
+            if (step + 1) % 10 == 0:
+                stalled = energy_at_last_check - best_energy <= CONVERGED * best_energy.abs()
+                active &= ~stalled
+                energy_at_last_check = best_energy.clone()
+                if not active.any():
+                    break
+    return best_z, steps
+
+
+def occluded_split(generator, n: int, seed: int) -> Split:
+    """n signals the generator can make plus noise, each with its own mask (30 % hidden)."""
+    rng = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = generator(torch.randn(n, *generator.latent_shape, generator=rng))
+    x = x + 0.05 * torch.randn(x.shape, generator=rng)
+    mask = torch.rand(x.shape, generator=rng) > 0.3
+    return Split(x, x * mask, Mask(mask.float()), mask)
+
+
+def part(split: Split, index: torch.Tensor) -> Split:
+    """The examples `index` of an occluded split, each with its own mask."""
+    assert split.mask is not None
+    return Split(split.x[index], split.y[index], split.observation.select(index), split.mask[index])
+
+
+def test_per_batch_descent_gives_the_latents_of_the_whole_split_descent():
+    """Each batch runs its own loop to the end: the same latents and steps as the loop over
+    the whole split, whose stops were per example too.
+
+    Up to rounding: products over other numbers of rows round differently, and near the
+    minimum that can make the other of two nearly equal energies the lowest visited, so a
+    latent may differ by about one last step (2e-5 here) at the same energy."""
+    generator = linear_generator(4, 16, seed=9)
+    split = occluded_split(generator, 23, seed=10)
+    options = {"sigma": 0.3, "step_size": 0.2, "max_steps": 150, "observation": split.observation}
+    start = torch.randn(23, 4, generator=torch.Generator().manual_seed(11))
+    reference, reference_steps = whole_split_latents(generator, split.y, start, chunk=8, **options)
+    assert len(set(reference_steps.tolist())) > 1  # the examples stopped at different steps
+
+    def energies(z):
+        with torch.no_grad():
+            return energy(generator, z, split.y, sigma=0.3, observation=split.observation)
+
+    for batch_size in (1, 5, 23, 64):
+        z, steps = most_probable_latents(
+            generator, split.y, start, batch_size=batch_size, **options
+        )
+        assert torch.equal(steps, reference_steps)
+        torch.testing.assert_close(z, reference, atol=1e-4, rtol=0)
+        torch.testing.assert_close(energies(z), energies(reference), atol=0, rtol=1e-6)
+    # The same rows in one product as the reference's: the same arithmetic.
+    z, _ = most_probable_latents(generator, split.y, start, batch_size=23, **options)
+    reference, _ = whole_split_latents(generator, split.y, start, chunk=23, **options)
+    assert torch.equal(z, reference)
+
+
+class LargestBatch(torch.nn.Module):
+    """A generator that records the largest batch of latents it is called with."""
+
+    def __init__(self, generator: torch.nn.Module):
+        super().__init__()
+        self.generator, self.latent_shape, self.largest = generator, generator.latent_shape, 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.largest = max(self.largest, len(z))
+        return self.generator(z)
+
+
+def scores_in_batches_of(batch_size: int, train: Split, test: Split, generator, device=None):
+    """score on the host's splits, the descent on `device` (default: the generator's)."""
+    from abp.evaluate import EvaluationConfig, score
+    from abp.train import ABPConfig
+
+    return score(
+        generator,
+        train,
+        test,
+        latent_bank=torch.randn(
+            (len(train), *generator.latent_shape), generator=torch.Generator().manual_seed(12)
+        ),
+        config=ABPConfig(sigma=0.3, step_size=0.3),
+        evaluation=EvaluationConfig(n_steps=150, init="prior", batch_size=batch_size),
+        device=device,
+    )
+
+
+def test_the_batch_size_changes_no_metric_and_bounds_the_batches_the_generator_sees():
+    torch.manual_seed(15)
+    generator = LargestBatch(build_generator(AUDIO_GENERATOR))  # convolutions, 1×64 sounds
+    whole = occluded_split(generator, 30, seed=13)
+    train, test = part(whole, torch.arange(21)), part(whole, torch.arange(21, 30))
+    found = {}
+    for batch_size in (7, 64):
+        generator.largest = 0
+        found[batch_size] = scores_in_batches_of(batch_size, train, test, generator)
+        assert generator.largest == min(batch_size, len(train))  # never more
+    small, large = found[7], found[64]
+    assert small.metrics.keys() == large.metrics.keys()
+    for key, value in large.metrics.items():
+        assert small.metrics[key] == pytest.approx(value, rel=1e-6), key
+    for split in ("train", "test"):
+        assert torch.equal(small.descent_steps[split], large.descent_steps[split])
+    assert len(set(large.descent_steps["train"].tolist())) > 1  # the examples stopped apart
+    torch.testing.assert_close(small.signals["ABP"], large.signals["ABP"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scoring_on_cuda_keeps_the_splits_on_the_host_and_agrees_with_the_cpu():
+    torch.manual_seed(16)
+    generator = build_generator(AUDIO_GENERATOR)
+    whole = occluded_split(generator, 40, seed=14)
+    train, test = part(whole, torch.arange(30)), part(whole, torch.arange(30, 40))
+    on_cpu = scores_in_batches_of(16, train, test, generator)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # full float32 convolutions, as on the CPU
+    try:
+        on_cuda = scores_in_batches_of(16, train, test, generator.cuda(), device="cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+        generator.cpu()
+    assert on_cuda.signals["ABP"].device.type == "cpu"
+    assert on_cuda.descent_steps["train"].device.type == "cpu"
+    for key, value in on_cpu.metrics.items():
+        assert on_cuda.metrics[key] == pytest.approx(value, rel=1e-3), key
 
 
 def test_pca_size_is_the_latent_size_capped_by_the_training_examples_and_the_signal():
