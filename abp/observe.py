@@ -70,9 +70,11 @@ class Mask(Observation):
     def __init__(self, mask: torch.Tensor, *, per_example: bool = True, validate: bool = True):
         # The check reads the mask on the host; rows of a checked mask skip it (`select`),
         # so choosing a batch's masks stays free of host syncs (and CUDA-graph capturable).
-        if validate and not torch.all((mask == 0) | (mask == 1)):
+        if validate and mask.dtype != torch.bool and not torch.all((mask == 0) | (mask == 1)):
             raise ValueError("a mask must contain only 0 (hidden) and 1 (observed)")
-        self.mask = mask.to(torch.float32) if not mask.is_floating_point() else mask
+        # A bool mask stays bool (a memory-mapped one is never read whole); the rows a
+        # batch selects, and a mask moved to a device, are float32 (what the energy uses).
+        self.mask = mask if mask.dtype == torch.bool else _as_float(mask)
         self.per_example = per_example
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,17 +89,23 @@ class Mask(Observation):
     def select(self, index: torch.Tensor) -> Mask:
         if not self.per_example:
             return self
-        return Mask(self.mask[index.to(self.mask.device)], per_example=True, validate=False)
+        rows = self.mask[index.to(self.mask.device)]
+        return Mask(_as_float(rows), per_example=True, validate=False)
 
     def observed_count(self, y: torch.Tensor) -> torch.Tensor:
         return self.mask.expand_as(y).sum()
 
     def to(self, device: torch.device | str) -> Mask:
-        return Mask(self.mask.to(device), per_example=self.per_example, validate=False)
+        mask = _as_float(self.mask.to(device))
+        return Mask(mask, per_example=self.per_example, validate=False)
 
     @property
     def observed_fraction(self) -> float:
-        return float(self.mask.mean())
+        return float(_as_float(self.mask).mean())
+
+
+def _as_float(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.is_floating_point() else mask.to(torch.float32)
 
 
 class Projection(Observation):

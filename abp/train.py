@@ -20,10 +20,11 @@ diverged state never reaches a Checkpointer, so the last checkpoint on disk stay
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +32,16 @@ from typing import Annotated, Any, Literal
 import torch
 from annotated_types import Ge, Gt, Lt
 
+from abp.data import Examples, Prefetcher, all_rows, as_examples, fits_on_device
+from abp.distributed import (
+    barrier,
+    current_world,
+    gather_objects,
+    gather_rows,
+    share,
+    share_sizes,
+    sum_over_ranks,
+)
 from abp.divergence import ENERGY_RISE_LIMIT, DivergenceWatch, diagnose_divergence
 from abp.energy import energy_of_residual
 from abp.fast import fast_forward
@@ -38,7 +49,7 @@ from abp.files import atomic_path
 from abp.graphs import CUDAGraphed
 from abp.langevin import infer
 from abp.models import Generator
-from abp.observe import Identity, Observation
+from abp.observe import Identity, Mask, Observation
 from abp.settings import as_dict, check_fields
 
 CHECKPOINT_FORMAT = 1
@@ -137,34 +148,55 @@ class LatentBank:
         self.latents[ids] = z
 
 
+@dataclass(frozen=True)
+class Share:
+    """A rank's part of an inference batch: its example ids; its learning batches as
+    (start in ids, size, size of the global learning batch); and every rank's count."""
+
+    ids: torch.Tensor
+    parts: list[tuple[int, int, int]]
+    rank_sizes: list[int]
+
+
 EpochCallback = Callable[["ABPTrainer", dict[str, float]], None]
 
 
 class ABPTrainer:
-    """Alternating back-propagation on a data set held on the training device.
+    """Alternating back-propagation, on one process or on every rank of a torchrun world.
 
     Args:
         generator: the generator g(z; W); needs a `latent_shape` attribute (abp.models).
-        data: observations y of every training example, example id = row index.
+        data: observations y of every training example, example id = row index: a tensor,
+            or any abp.data.Examples (memory-mapped prepared arrays, read per batch).
         config: what the algorithm computes (σ, s, l, the optimizer, …).
         execution: how the iteration runs (speed switches; defaults: all off).
         observation: the operator A for the whole data set (identity if None).
         device: defaults to CUDA when available, else CPU.
+        data_on_device: hold the whole data set on the device (True), or leave it on the
+            host and move each batch there as it is needed (False); None: on the device
+            when it fits (abp.data.fits_on_device), except memory-mapped data on the CPU.
+
+    In a torchrun world (torch.distributed initialised: abp.distributed), every rank holds
+    the whole latent bank; each batch of ids is shared out to the ranks, their new latents
+    gathered into every replica, and the learning step goes through DistributedDataParallel.
+    A global batch of B examples over k ranks computes the update of B on one process.
     """
 
     def __init__(
         self,
         generator: Generator,
-        data: torch.Tensor,
+        data: torch.Tensor | Examples,
         config: ABPConfig,
         *,
         execution: ExecutionConfig | None = None,
         observation: Observation | None = None,
         device: torch.device | str | None = None,
+        data_on_device: bool | None = None,
     ):
         self.config = config
         self.execution = execution = execution or ExecutionConfig()
         check_batches(config, execution)
+        self.world = current_world()
         self.device = torch.device(device) if device is not None else default_device()
         self.generator = generator.to(self.device)
         # What computes g(z): the generator itself, or it with speed-ups (same weights).
@@ -174,16 +206,69 @@ class ABPTrainer:
             bf16=execution.bf16,
             compile=execution.compile,
         )
-        self.data = data.to(self.device, torch.float32)
-        self.observation = (observation or Identity()).to(self.device)
+        # The learning step's forward: through DDP on several ranks (gradients averaged).
+        self.learn_forward = self.forward
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.learn_forward = DistributedDataParallel(self.forward, device_ids=ids)
+        examples = as_examples(data)
+        self.n_examples = len(examples)
+        self._place_data(data, examples, observation or Identity(), data_on_device)
+        # Shuffling and the initial latents draw from `rng`, the same stream on every rank;
+        # the Langevin noise from `noise_rng`, each rank its own (seed + rank).
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
+        self.noise_rng = self.rng
+        if self.world.distributed:
+            self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + self.world.rank)
         self.latent_bank = LatentBank.from_prior(
-            len(self.data), generator.latent_shape, rng=self.rng, device=self.device
+            self.n_examples, generator.latent_shape, rng=self.rng, device=self.device
         )
         self.optimizer = self._make_optimizer()
         self.langevin = self._make_langevin()
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+
+    def _place_data(
+        self,
+        data: torch.Tensor | Examples,
+        examples: Examples,
+        observation: Observation,
+        on_device: bool | None,
+    ) -> None:
+        """The data set on the device (`self.data`), or left where it is and read per batch
+        (`self.examples`, a Prefetcher, and staging buffers on CUDA)."""
+        example_shape = tuple(examples.rows(torch.arange(1)).shape[1:])
+        if on_device is None:
+            mapped = not isinstance(data, torch.Tensor)
+            on_device = fits_on_device(self.n_examples, example_shape, self.device) and not (
+                mapped and self.device.type == "cpu"
+            )
+        self.data_on_device = on_device
+        per_example = isinstance(observation, Mask) and observation.per_example
+        self.data: torch.Tensor | None = None
+        self.examples: Examples | None = None
+        if on_device:
+            self.data = (data if isinstance(data, torch.Tensor) else all_rows(examples)).to(
+                self.device, torch.float32
+            )
+            self.observation = observation.to(self.device)
+            return
+        self.examples = examples
+        # A per-example operator (masks) stays with the data; a shared one goes to the device.
+        self.observation = observation if per_example else observation.to(self.device)
+        self.prefetch: Prefetcher[tuple[torch.Tensor, Observation]] = Prefetcher(self._host_batch)
+        self._staged: tuple[torch.Tensor, Observation] | None = None
+        self._staging: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        if self.device.type == "cuda":
+            # Fixed buffers the batches are copied into: what a CUDA graph reads.
+            rows = math.ceil(
+                (self.execution.inference_batch_size or self.config.batch_size) / self.world.size
+            )
+            y = torch.zeros((rows, *example_shape), device=self.device)
+            mask = torch.zeros_like(y) if per_example else None
+            self._staging = (y, mask)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params = self.generator.parameters()
@@ -199,56 +284,119 @@ class ABPTrainer:
         """What runs the Langevin steps for a batch of example ids: eagerly, or replayed
         from CUDA graphs of the very same code."""
         if self.execution.cuda_graphs and self.device.type == "cuda":
-            return CUDAGraphed(self.langevin_on, self.rng)
+            return CUDAGraphed(self.langevin_on, self.noise_rng)
         if self.execution.cuda_graphs:
             warnings.warn(
                 f"cuda_graphs is on but training runs on {self.device}: "
                 "running the Langevin loop without CUDA graphs",
                 stacklevel=3,
             )
-        return lambda ids: self.langevin_on(ids, self.rng)
+        return lambda ids: self.langevin_on(ids, self.noise_rng)
 
     def langevin_on(self, ids: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """Inferential back-prop for the training examples `ids`, starting from their
         latents in the bank; returns the new latents (the bank is left as it is).
         Free of host syncs, so it can be captured into a CUDA graph."""
         cfg = self.config
+        y, observation = self._batch(ids)
         return infer(
             self.forward,
-            self.data[ids],
+            y,
             self.latent_bank[ids],
             sigma=cfg.sigma,
             step_size=cfg.step_size,
             n_steps=cfg.langevin_steps,
             noise=cfg.noise,
-            observation=self.observation.select(ids),
+            observation=observation,
             rng=rng,
         )
 
+    def _batch(self, ids: torch.Tensor) -> tuple[torch.Tensor, Observation]:
+        """The observations and operator of the examples `ids`, on the device: rows of the
+        data set there, or the batch staged from the host (`_stage`)."""
+        if self.data is not None:
+            return self.data[ids], self.observation.select(ids)
+        if self._staging is not None:  # fixed buffers: a CUDA graph replays these addresses
+            y, mask = self._staging
+            n = len(ids)
+            return y[:n], self.observation if mask is None else Mask(mask[:n], validate=False)
+        assert self._staged is not None, "a batch is staged before its steps run"
+        return self._staged
+
+    def _host_batch(self, ids: torch.Tensor) -> tuple[torch.Tensor, Observation]:
+        """Gather the examples `ids` (on the host) from where the data set lives: on the
+        prefetch thread, into pinned memory on CUDA."""
+        assert self.examples is not None
+        y = self.examples.rows(ids)
+        observation = self.observation.select(ids)
+        if self.device.type == "cuda":
+            y = y.pin_memory()
+            if isinstance(observation, Mask):
+                observation = Mask(observation.mask.pin_memory(), validate=False)
+        return y, observation
+
+    def _stage(self, host_batch: tuple[torch.Tensor, Observation]) -> None:
+        """Move a gathered batch to where `_batch` reads it (copies that do not block)."""
+        y, observation = host_batch
+        if self._staging is None:
+            self._staged = (y.to(self.device), observation.to(self.device))
+            return
+        y_buffer, mask_buffer = self._staging
+        y_buffer[: len(y)].copy_(y, non_blocking=True)
+        if mask_buffer is not None:
+            assert isinstance(observation, Mask)
+            mask_buffer[: len(y)].copy_(observation.mask, non_blocking=True)
+
     def learning_step(
-        self, z: torch.Tensor, y: torch.Tensor, observation: Observation
+        self, z: torch.Tensor, y: torch.Tensor, observation: Observation, global_size: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on W for the energy at the inferred z (the batch mean of the
         per-example energies: a Monte Carlo estimate of the expected gradient).
-        Returns the per-example energies and the residual, detached."""
+        Returns the per-example energies and the residual, detached.
+
+        On several ranks z is this rank's share of a global batch of `global_size`: the
+        loss is scaled so that DDP's average over the ranks is the global batch's mean."""
         self.optimizer.zero_grad(set_to_none=True)
-        residual = observation.residual(y, self.forward(z))
+        residual = observation.residual(y, self.learn_forward(z))
         energies = energy_of_residual(residual, z, sigma=self.config.sigma)
-        energies.mean().backward()
+        if self.world.distributed:
+            (energies.sum() * (self.world.size / global_size)).backward()
+        else:
+            energies.mean().backward()
         self.optimizer.step()
         return energies.detach(), residual.detach()
 
-    def _learning_batches(self, n: int) -> list[torch.Tensor | None]:
-        """Learning mini-batches within an inference batch of n (None: all of it)."""
-        if n <= self.config.batch_size:
-            return [None]
-        return list(torch.arange(n, device=self.device).split(self.config.batch_size))
+    def _share(self, ids: torch.Tensor) -> Share:
+        """This rank's part of an inference batch `ids`: the batch is cut into learning
+        batches of batch_size, and each of those shared out to the ranks, so that every
+        rank takes the same number of learning steps (uneven counts hang DDP)."""
+        world, size = self.world, self.config.batch_size
+        learning = [ids] if len(ids) <= size else list(ids.split(size))
+        mine = [share(part, world) for part in learning]
+        parts, start = [], 0
+        for part, my_part in zip(learning, mine, strict=True):
+            parts.append((start, len(my_part), len(part)))
+            start += len(my_part)
+        rank_sizes = [0] * world.size
+        for part in learning:
+            for rank, n in enumerate(share_sizes(len(part), world)):
+                rank_sizes[rank] += n
+        return Share(torch.cat(mine) if len(mine) > 1 else mine[0], parts, rank_sizes)
+
+    def _write_bank(self, ids: torch.Tensor, z: torch.Tensor, rank_sizes: list[int]) -> None:
+        """The batch's new latents into the bank: every rank's, on every rank."""
+        if self.world.distributed:
+            ids = gather_rows(ids, rank_sizes, self.world)
+            z = gather_rows(z, rank_sizes, self.world)
+        self.latent_bank[ids] = z
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the data; returns the epoch's statistics (also kept in `history`)."""
         cfg = self.config
         started = time.perf_counter()
-        order = torch.randperm(len(self.data), generator=self.rng, device=self.device)
+        order = torch.randperm(self.n_examples, generator=self.rng, device=self.device)
+        if self.data is None:
+            order = order.cpu()  # the batches are gathered on the host: one sync per epoch
         # Sums stay on the device: one host sync per epoch, not per batch.
         total_energy = torch.zeros((), device=self.device)
         squared_error = torch.zeros((), device=self.device)
@@ -257,22 +405,39 @@ class ABPTrainer:
         # energies) are not finite, and the last finite batch energy before it.
         watch = DivergenceWatch(self.device)
         batches = order.split(self.execution.inference_batch_size or cfg.batch_size)
-        for batch, ids in enumerate(batches):
+        shares = [self._share(ids) for ids in batches]
+        gathered: Iterator[tuple[torch.Tensor, Observation]] | None = None
+        if self.data is None:
+            gathered = self.prefetch([s.ids for s in shares])
+        for batch, mine in enumerate(shares):
+            if gathered is not None:
+                self._stage(next(gathered))
+            ids = mine.ids.to(self.device)
             z = self.langevin(ids)
             watch.latents(batch, z)
-            self.latent_bank[ids] = z
-            y = self.data[ids]
-            observation = self.observation.select(ids)
-            for part in self._learning_batches(len(ids)):
-                part_observation = observation if part is None else observation.select(part)
-                part_z, part_y = (z, y) if part is None else (z[part], y[part])
-                energies, residual = self.learning_step(part_z, part_y, part_observation)
-                watch.energies(batch, energies)
+            self._write_bank(ids, z, mine.rank_sizes)
+            y, observation = self._batch(ids)
+            whole = len(mine.parts) == 1 and not self.world.distributed
+            for start, size, global_size in mine.parts:
+                part_z, part_y, part_observation = z, y, observation
+                if not whole:
+                    part = torch.arange(start, start + size, device=self.device)
+                    part_z, part_y = z[part], y[part]
+                    part_observation = observation.select(part)
+                energies, residual = self.learning_step(
+                    part_z, part_y, part_observation, global_size
+                )
+                if size:  # the mean of no energies is no energy
+                    watch.energies(batch, energies)
                 watch.weights(batch, self.generator.parameters())
                 total_energy += energies.sum()
                 squared_error += residual.pow(2).sum()
                 observed += part_observation.observed_count(part_y)
-        divergence = watch.verdict()  # the epoch's one host sync for it
+        if self.world.distributed:
+            total_energy, squared_error, observed = sum_over_ranks(
+                torch.stack([total_energy, squared_error, observed]), self.world
+            ).unbind()
+        divergence = self._verdict(watch)  # the epoch's one host sync for it
         if divergence is not None:
             batch, cause, energy_before = divergence
             if energy_before is None and self.history:
@@ -285,7 +450,7 @@ class ABPTrainer:
                 cause=cause,
                 energy_before=energy_before,
             )
-        energy = float(total_energy) / len(self.data)
+        energy = float(total_energy) / self.n_examples
         lowest = min((h["energy"] for h in self.history), default=None)
         if lowest is not None and lowest > 0 and energy > ENERGY_RISE_LIMIT * lowest:
             raise diagnose_divergence(
@@ -307,6 +472,12 @@ class ABPTrainer:
         }
         self.history.append(stats)
         return stats
+
+    def _verdict(self, watch: DivergenceWatch) -> tuple[int, str, float | None] | None:
+        """The epoch's divergence, the first of any rank's: every rank raises alike."""
+        verdicts = gather_objects(watch.verdict(), self.world)
+        found = [v for v in verdicts if v is not None]
+        return min(found, key=lambda v: v[0]) if found else None
 
     def fit(self, epochs: int, callbacks: Sequence[EpochCallback] = ()) -> list[dict[str, float]]:
         """Train until `epochs` epochs in total are done (a resumed trainer continues from
@@ -330,6 +501,10 @@ class ABPTrainer:
             "latent_bank": self.latent_bank.latents,
             "rng_state": self.rng.get_state(),
             "history": list(self.history),
+            # Every rank's Langevin noise stream (a collective on several ranks: every
+            # rank calls state_dict, rank 0 writes it).
+            "world_size": self.world.size,
+            "rank_rng_states": gather_objects(self.noise_rng.get_state(), self.world),
         }
 
     def retune(self, **settings: Any) -> None:
@@ -372,13 +547,38 @@ class ABPTrainer:
         self.rng.set_state(state["rng_state"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+        self._restore_noise(state)
+
+    def _restore_noise(self, state: dict[str, Any]) -> None:
+        """Each rank's Langevin noise stream where the checkpoint left it. At another world
+        size there is no such stream: fresh ones (seeded by seed, rank and epoch) continue,
+        and the run is no longer the one an uninterrupted training would have been."""
+        saved_size = state.get("world_size", 1)
+        if saved_size == self.world.size:
+            if self.world.distributed:
+                self.noise_rng.set_state(state["rank_rng_states"][self.world.rank])
+            return  # one process: the noise stream is `rng`, restored above
+        warnings.warn(
+            f"resuming a checkpoint of {saved_size} process(es) on {self.world.size}: the "
+            "Langevin noise continues from new seeds, so the run goes on, but not exactly "
+            "as it would have without the interruption",
+            stacklevel=3,
+        )
+        if self.world.distributed:
+            self.noise_rng.manual_seed(
+                self.config.seed + self.world.rank + self.world.size * (self.epoch + 1)
+            )
 
     def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write a full checkpoint atomically (a temporary file, then a rename): a crash while
-        saving never leaves a truncated checkpoint under `path`. `extra` (plain values) is
-        stored beside the state, e.g. to tell which run the checkpoint belongs to."""
-        with atomic_path(path) as tmp:
-            torch.save({**self.state_dict(), "extra": dict(extra or {})}, tmp)
+        saving never leaves a truncated checkpoint under `path`; on several ranks, rank 0
+        writes it. `extra` (plain values) is stored beside the state, e.g. to tell which run
+        the checkpoint belongs to."""
+        state = self.state_dict()  # on every rank: it gathers every rank's noise stream
+        if self.world.is_main:
+            with atomic_path(path) as tmp:
+                torch.save({**state, "extra": dict(extra or {})}, tmp)
+        barrier(self.world)  # no rank runs ahead of a checkpoint not yet on disk
         return Path(path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:

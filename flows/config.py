@@ -403,6 +403,17 @@ class TrainingSettings(Strict):
     # On divergence, continue this many times from the last good checkpoint with the suspect
     # setting (step_size or learning_rate) halved; 0: stop with the diagnosis.
     divergence_retries: int = Field(0, ge=0)
+    # Hold the training data on the device (true), or on the host and move each batch there
+    # as it is needed (false: a data set larger than the device's memory); auto: on the
+    # device when it takes at most half of its free memory (abp.data.fits_on_device).
+    data_on_device: Literal["auto"] | bool = "auto"
+
+    @field_validator("data_on_device", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, v: object) -> object:
+        if v != "auto" and not isinstance(v, bool):
+            raise PydanticCustomError("auto_or_bool", "should be auto, true or false")
+        return v
 
 
 class ExperimentConfig(Strict):

@@ -270,6 +270,7 @@ def _train(
     train_split = exp.split("train")
     y = train_split.y
     device = default_device()
+    on_device = exp.cfg.training.data_on_device
     trainer = ABPTrainer(
         generator,
         y,
@@ -277,13 +278,15 @@ def _train(
         execution=exp.cfg.execution,
         observation=train_split.observation,
         device=device,
+        data_on_device=None if on_device == "auto" else on_device,
     )
     logger.info(
-        "training %s on %s: %d examples of shape %s, %d parameters",
+        "training %s on %s: %d examples of shape %s (%s), %d parameters",
         experiment,
         device,
         len(y),
         exp.signal_shape,
+        "on the device" if trainer.data_on_device else "moved to the device per batch",
         sum(p.numel() for p in generator.parameters()),
     )
     for warning in risky_settings(trainer.config):

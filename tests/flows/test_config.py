@@ -257,3 +257,15 @@ def test_the_evaluation_defaults_params_yaml_lists_are_the_definitions():
     defaults = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}
     assert set(listed) == set(defaults)
     assert {k: yaml.safe_load(v) for k, v in listed.items()} == defaults
+
+
+def test_data_on_device_is_auto_or_a_bool():
+    assert experiment_config("tiny", with_experiment()).training.data_on_device == "auto"
+    cfg = experiment_config(
+        "tiny", with_experiment(training={"epochs": 1, "data_on_device": False})
+    )
+    assert cfg.training.data_on_device is False
+    with pytest.raises(ConfigError, match=r"training.data_on_device: should be auto, true or fa"):
+        experiment_config(
+            "tiny", with_experiment(training={"epochs": 1, "data_on_device": "sometimes"})
+        )
