@@ -1,11 +1,24 @@
 """Prepared data sets on disk: the train/test split, content hashes, and atomic folders.
 
-A prepared folder holds `manifest.json` and one file per split (`train.pt`, `test.pt`), each
-a dict of tensors: `x` (the complete signals, float32 in [−1, 1], channels first) and, for
-incomplete or indirect variants, `mask` (bool, True = observed) or `y` (measurements).
-Clips cut from video or audio files also carry `clip_file` (int64, an index into the
-manifest's `split.files`) and `clip_start` (int64, the clip's first frame or sample in that
-file), which is how anyone can check that no test clip overlaps a training clip.
+A prepared folder holds `manifest.json` and one `.npy` file per array of each split,
+`<split>.<array>.npy` (`train.x.npy`, `train.mask.npy`, `test.x.npy`, …):
+
+- `x`, the complete signals, channels first, in [−1, 1]: images and video frames as uint8
+  (they come from 8-bit pixels), audio as int16;
+- `mask` (bool, True = observed) for incomplete variants, or `y` (float32 measurements) for
+  indirect ones;
+- for clips cut from video or audio files, `clip_file` (int64, an index into the manifest's
+  `split.files`) and `clip_start` (int64, the clip's first frame or sample in that file),
+  which is how anyone can check that no test clip overlaps a training clip.
+
+The manifest's `arrays` says, per split and array, its `file`, `dtype`, `shape`, `scale`
+and `offset`; `decode` is the one definition of the values: float32 `stored · scale +
+offset` (bool and int64 arrays are their values). A prepared signal *is* its decoded stored
+form: flows.prepare quantizes the signals (`quantize`) before they are split, trained on or
+varied, so training sees exactly what is on disk, and `write_prepared` refuses a signal that
+its encoding would change. `open_split` maps the files into memory, so that reading a few
+examples by id reads only those rows; `read_split` decodes whole splits. The manifest's
+`files` holds each file's sha256.
 The folder is written under a temporary name and renamed into place, so a failed or
 interrupted preparation never leaves a half-written folder that DVC could cache as valid.
 
@@ -35,12 +48,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from abp.data import Examples, Occluded
 from abp.files import partial_prefix, remove_stale_partials
 from abp.observe import Identity, Mask, Observation
 from abp.variants import operator_from_spec
@@ -184,21 +199,125 @@ def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How a float32 array is stored: as `dtype`, with value = stored · scale + offset."""
+
+    dtype: str
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+# 8-bit pixels p in 0…255 are the values p·2/255 − 1: 0 is −1 and 255 is 1 exactly.
+PIXELS = Encoding("uint8", 2 / 255, -1.0)
+# 16-bit samples s are s/32768: a power of two, so decoding is exact and [−1, 1) fits.
+SAMPLES = Encoding("int16", 2**-15, 0.0)
+FLOAT32 = Encoding("float32")  # measurements, and any signal that was not quantized
+SIGNAL_ENCODINGS = {"image": PIXELS, "video": PIXELS, "audio": SAMPLES}
+# Masks and clip indices are stored as they are, whatever encoding a caller names.
+AS_THEY_ARE: dict[torch.dtype, Encoding] = {
+    torch.bool: Encoding("bool"),
+    torch.int64: Encoding("int64"),
+}
+
+
+def decode(stored: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """The values of stored data, the one definition used everywhere: float32 stored · scale
+    + offset, in float32 arithmetic; bool and int64 arrays are their values. Always a new
+    tensor, never a view of a file."""
+    if stored.dtype in AS_THEY_ARE:
+        return stored.clone()
+    scale_32 = torch.tensor(scale, dtype=torch.float32)
+    offset_32 = torch.tensor(offset, dtype=torch.float32)
+    return stored.to(torch.float32) * scale_32 + offset_32
+
+
+def encode(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """The stored form of x: rounded to the nearest step of the encoding and clipped to its
+    dtype's range. Lossy for values off the grid: see `quantize`."""
+    dtype = getattr(torch, encoding.dtype)
+    if dtype.is_floating_point or dtype in AS_THEY_ARE:
+        return x.to(dtype)
+    steps = torch.round((x.double() - encoding.offset) / encoding.scale)
+    return steps.clamp(torch.iinfo(dtype).min, torch.iinfo(dtype).max).to(dtype)
+
+
+def quantize(x: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+    """x on the encoding's grid: what writing and reading it gives back."""
+    return decode(encode(x, encoding), encoding.scale, encoding.offset)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One array of a prepared split as stored: `array` shares memory with the file (nothing
+    is read until it is indexed), and its values are decode(array, scale, offset)."""
+
+    array: torch.Tensor
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decoded examples `ids` (reading only their rows of the file)."""
+        return decode(self.array[ids], self.scale, self.offset)
+
+    def decoded(self) -> torch.Tensor:
+        return decode(self.array, self.scale, self.offset)
+
+
+def array_file(split: str, key: str) -> str:
+    return f"{split}.{key}.npy"
+
+
+def _stored_form(
+    name: str, tensor: torch.Tensor, encoding: Encoding
+) -> tuple[np.ndarray, Encoding]:
+    """The array to write for `tensor` and its encoding, refusing a lossy one: the data set
+    is what is stored, so a signal off its encoding's grid must be quantized first."""
+    encoding = AS_THEY_ARE.get(tensor.dtype, encoding)
+    stored = encode(tensor, encoding)
+    if stored.dtype != tensor.dtype and not torch.equal(
+        decode(stored, encoding.scale, encoding.offset), tensor
+    ):
+        raise ValueError(
+            f"{name} ({tensor.dtype}) is not exactly representable as {encoding}: quantize it "
+            "first (abp.datasets.quantize), so that training sees what is stored"
+        )
+    return stored.contiguous().numpy(), encoding
+
+
 def write_prepared(
-    folder: Path, splits: dict[str, dict[str, torch.Tensor]], manifest: dict[str, Any]
+    folder: Path,
+    splits: dict[str, dict[str, torch.Tensor]],
+    manifest: dict[str, Any],
+    encodings: dict[str, Encoding] | None = None,
 ) -> Path:
-    """Write the split files and the manifest (with each file's sha256) atomically."""
+    """Write every array of every split as its own .npy file, float arrays in the encoding
+    named for them (`encodings`, by array name; default float32), and the manifest (each
+    array's encoding under `arrays`, each file's sha256 under `files`), atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(folder.parent)  # what a killed preparation left behind
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=partial_prefix(folder)))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the data set is not
+        arrays: dict[str, dict[str, Any]] = {}
         files = {}
         for split, tensors in splits.items():
-            torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{split}.pt")
-            files[f"{split}.pt"] = sha256_files([tmp / f"{split}.pt"])
-        manifest = {**manifest, "files": files}
+            arrays[split] = {}
+            for key, tensor in tensors.items():
+                name = array_file(split, key)
+                stored, encoding = _stored_form(name, tensor, (encodings or {}).get(key, FLOAT32))
+                np.save(tmp / name, stored, allow_pickle=False)
+                arrays[split][key] = {
+                    "file": name,
+                    "shape": list(stored.shape),
+                    **asdict(encoding),
+                }
+                files[name] = sha256_files([tmp / name])
+        manifest = {**manifest, "arrays": arrays, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=partial_prefix(folder)))
@@ -211,6 +330,15 @@ def write_prepared(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def encodings_of(folder: Path, split: str = "train") -> dict[str, Encoding]:
+    """The encoding of each array of a prepared split, as write_prepared takes them (so that
+    a variant stores its signals as its base does)."""
+    return {
+        key: Encoding(entry["dtype"], entry["scale"], entry["offset"])
+        for key, entry in _arrays(Path(folder), split).items()
+    }
 
 
 class DataError(ValueError):
@@ -236,14 +364,52 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise _damaged(path, error) from None
 
 
-def read_split(folder: Path, split: str) -> dict[str, torch.Tensor]:
-    path = Path(folder) / f"{split}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: prepare the data set first (dvc repro)")
+def _arrays(folder: Path, split: str) -> dict[str, Any]:
+    """The manifest's record of a split's arrays; a clear error for the old format (one
+    train.pt and test.pt per folder, no `arrays`) or a split that was not prepared."""
+    manifest = read_manifest(folder)
+    if "arrays" not in manifest:
+        raise DataError(
+            f"{folder} holds prepared data in an old format (train.pt, test.pt; the manifest "
+            "has no `arrays`): prepared data are now one .npy file per array. Prepare it "
+            f"again: dvc repro (or python -m flows.prepare {folder.name})"
+        )
+    if split not in manifest["arrays"]:
+        raise FileNotFoundError(
+            f"{folder} has no {split} split: prepare the data set first (dvc repro)"
+        )
+    return manifest["arrays"][split]
+
+
+def _open_array(path: Path, entry: dict[str, Any]) -> Stored:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated archive, garbage, refused unpickling, …
+        # mmap_mode="c" (copy on write) makes a writable array, so torch.from_numpy shares
+        # it without a warning, and a write to it never reaches the file.
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # missing, truncated, not a .npy, …
         raise _damaged(path, error) from None
+    if not isinstance(array, np.ndarray):  # an .npz archive in its place
+        raise _damaged(path, ValueError("not a single array"))
+    found, expected = (str(array.dtype), list(array.shape)), (entry["dtype"], entry["shape"])
+    if found != expected:
+        raise _damaged(path, ValueError(f"{found}, where the manifest says {expected}"))
+    return Stored(torch.from_numpy(array), float(entry["scale"]), float(entry["offset"]))
+
+
+def open_split(folder: Path, split: str) -> dict[str, Stored]:
+    """The arrays of a prepared split, mapped into memory: `[key].rows(ids)` reads and
+    decodes just those examples."""
+    folder = Path(folder)
+    return {
+        key: _open_array(folder / entry["file"], entry)
+        for key, entry in _arrays(folder, split).items()
+    }
+
+
+def read_split(folder: Path, split: str) -> dict[str, torch.Tensor]:
+    """A whole prepared split, decoded: float32 signals and measurements, bool masks, int64
+    clip indices."""
+    return {key: stored.decoded() for key, stored in open_split(folder, split).items()}
 
 
 def observations(
@@ -258,3 +424,17 @@ def observations(
     if "y" in tensors:
         return tensors["y"], operator_from_spec(manifest["operator"])
     return tensors["x"], Identity()
+
+
+def training_examples(
+    folder: Path, split: str, manifest: dict[str, Any]
+) -> tuple[Examples, Observation]:
+    """What `observations` gives, read per example from the memory-mapped files instead of
+    decoded whole: a trainer gathers each batch by example id (abp.data), or decodes it all
+    when the data are to be held on its device."""
+    stored = open_split(folder, split)
+    if "mask" in stored:
+        return Occluded(stored["x"], stored["mask"]), Mask(stored["mask"].array)
+    if "y" in stored:
+        return stored["y"], operator_from_spec(manifest["operator"])
+    return stored["x"], Identity()

@@ -1,6 +1,7 @@
 """Where the pipeline's files live, and the command-line options that move them.
 
-    data/prepared/<data set>/   train.pt, test.pt, manifest.json          (flows.prepare)
+    data/prepared/<data set>/   manifest.json, <split>.<array>.npy        (flows.prepare)
+        train.x.npy, test.x.npy, …: one file per array (abp/datasets.py says which)
     models/<experiment>/                                                    (flows.train)
         generator.pt       {"config": generator config, "state_dict": weights}
         latent_bank.pt     the training latents, one per training example

@@ -4,10 +4,11 @@
     python -m flows.prepare faces_P50      # a variant of it (params.yaml: variants.faces_P50)
 
 A data set reads its source (your files, or `bundled:<name>` data shipped inside an installed
-package), splits it into train and test, and writes float32 tensors in [−1, 1] with a
-manifest. Video and audio clips overlap in time, so they are split by file, or (one file, or
-too few for test_fraction) by time with a gap of one clip between the sides; the manifest's
-`split` says which (abp/datasets.py explains both). A variant reads its prepared base and
+package), quantizes the signals to their stored form (8-bit pixels, 16-bit audio samples:
+abp/datasets.py), splits them into train and test, and writes them with a manifest. Video
+and audio clips overlap in time, so they are split by file, or (one file, or too few for
+test_fraction) by time with a gap of one clip between the sides; the manifest's `split`
+says which (abp/datasets.py explains both). A variant reads its prepared base and
 adds occlusion masks, compressed measurements (and the operator's spec) or subsampling. The
 DVC stages in dvc.yaml run exactly these commands.
 """
@@ -174,20 +175,25 @@ def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) 
     else:
         train_ids, test_ids = datasets.split_indices(len(source), cfg.test_fraction, cfg.split_seed)
         examples = {"x": source}
+    kind = variants.signal_kind(examples["x"])
+    # The prepared signal is its stored form: images and frames come from 8-bit pixels (a
+    # resized one is rounded), sounds become 16-bit samples, so training sees what is on disk.
+    encoding = datasets.SIGNAL_ENCODINGS[kind]
+    examples["x"] = datasets.quantize(examples["x"], encoding)
     splits = {
         split: {k: v[ids] for k, v in examples.items()}
         for split, ids in (("train", train_ids), ("test", test_ids))
     }
     manifest = {
         "name": name,
-        "kind": variants.signal_kind(examples["x"]),
+        "kind": kind,
         **info,
         "settings": cfg.model_dump(),
         "split_seed": cfg.split_seed,
         "counts": {s: len(t["x"]) for s, t in splits.items()},
         "shapes": {s: list(t["x"].shape) for s, t in splits.items()},
     }
-    datasets.write_prepared(out, splits, manifest)
+    datasets.write_prepared(out, splits, manifest, {"x": encoding})
     return manifest
 
 
@@ -285,7 +291,8 @@ def prepare_variant(
             manifest["sample_rate"] = manifest["sample_rate"] / cfg.sample_step
     manifest["counts"] = {s: len(t["x"]) for s, t in splits.items()}
     manifest["shapes"] = {s: list(t["x"].shape) for s, t in splits.items()}
-    datasets.write_prepared(out, splits, manifest)
+    # The signals are the base's, so they keep its encoding (new measurements: float32).
+    datasets.write_prepared(out, splits, manifest, datasets.encodings_of(base_folder))
     return manifest
 
 
@@ -327,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Validate before Prefect starts: a bad value fails at once, before any work. A
-        # variant is checked against its prepared base's manifest too (its shapes).
+        # variant is checked against its prepared base's manifest too (its shapes), and its
+        # base's files are opened (mapped, not read): an old format or a damaged file.
         params_file = Path(args.params)
         cfg = dataset_config(args.name, load_params(params_file), params_file)
         if isinstance(cfg, VARIANTS):
             base = datasets.read_manifest(Path(args.prepared_root) / cfg.base)
             check_variant_fits(args.name, cfg, base, params_file)
+            for split in datasets.SPLITS:
+                datasets.open_split(Path(args.prepared_root) / cfg.base, split)
         with prefect_server_for_this_process():
             prepare(args.name, params_file=args.params, prepared_root=args.prepared_root)
     except (ConfigError, SourceError, FileNotFoundError, ValueError) as error:

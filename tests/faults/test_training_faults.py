@@ -219,11 +219,11 @@ def test_a_damaged_checkpoint_is_named_and_restart_sets_it_aside(workspace):
     assert ws.checkpoint_epoch() == 3
 
     # Damaged prepared data is named too, with the command that makes it again.
-    data = ws.path / "data" / "prepared" / "pics_P50" / "train.pt"
+    data = ws.path / "data" / "prepared" / "pics_P50" / "train.x.npy"
     data.write_bytes(data.read_bytes()[:300])
     damaged = ws.run("train", "tiny")
     assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
-    assert "error: data/prepared/pics_P50/train.pt cannot be read" in flat(
+    assert "error: data/prepared/pics_P50/train.x.npy cannot be read" in flat(
         damaged.stderr
     ) and "python -m flows.prepare pics_P50" in flat(damaged.stderr)
 

@@ -1,6 +1,7 @@
 """The prepare flow under Prefect: each source kind and variant from files the tests make,
 the bundled defaults, and bad input that must fail cleanly and leave nothing behind."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import yaml
 from media import write_images, write_tone, write_video
 
-from abp.datasets import read_manifest, read_split
+from abp.datasets import PIXELS, SAMPLES, open_split, quantize, read_manifest, read_split
 from abp.variants import operator_from_spec
 from flows.config import dataset_config, load_params
 from flows.prepare import main
@@ -29,6 +30,17 @@ def run(tmp_path: Path, params: dict, name: str) -> int:
             str(tmp_path / "prepared"),
         ]
     )
+
+
+def stored_dtypes(folder: Path) -> dict[str, str]:
+    """The dtype of each array file of a prepared folder, read from the files themselves,
+    after checking that each file holds its values and little more (a .npy header)."""
+    found = {}
+    for path in sorted(folder.glob("*.npy")):
+        array = np.load(path, mmap_mode="r")
+        assert array.nbytes <= path.stat().st_size <= array.nbytes + 256, path
+        found[path.name] = str(array.dtype)
+    return found
 
 
 def closest_training_clip(folder: Path, clip_length: int) -> int | None:
@@ -118,10 +130,12 @@ def test_one_sound_splits_by_time_and_no_test_clip_touches_a_training_clip(tmp_p
     assert closest_training_clip(folder, 1024) >= 1024
     train_end, test_start = split["stretches"][0]["train"][1], split["stretches"][0]["test"][0]
     assert test_start - train_end >= 1024
+    stored = quantize(torch.from_numpy(ramp), SAMPLES)  # 16-bit samples
+    assert (stored - torch.from_numpy(ramp)).abs().max() <= 2**-16
     for side in ("train", "test"):
         tensors = read_split(folder, side)
         for clip, start in zip(tensors["x"], tensors["clip_start"].tolist()):
-            assert torch.equal(clip[0], torch.from_numpy(ramp[start : start + 1024]))
+            assert torch.equal(clip[0], stored[start : start + 1024])
     assert manifest["channels_mixed"]["files"] == 0
 
 
@@ -290,6 +304,19 @@ def test_image_folder_with_occlusion_compression_and_subsampling(tmp_path):
     torch.testing.assert_close(operator_from_spec(cs["operator"])(train["x"]), train["y"])
     assert read_manifest(root / "pics_half")["counts"] == {"train": 8, "test": 5}
 
+    # Stored compactly: 8-bit pixels, bool masks, float32 measurements; read back by id.
+    assert stored_dtypes(root / "pics") == {"test.x.npy": "uint8", "train.x.npy": "uint8"}
+    assert stored_dtypes(root / "pics_P70")["train.mask.npy"] == "bool"
+    assert stored_dtypes(root / "pics_P70")["train.x.npy"] == "uint8"
+    assert stored_dtypes(root / "pics_cs")["train.y.npy"] == "float32"
+    x = read_split(root / "pics", "train")["x"]
+    assert torch.equal(quantize(x, PIXELS), x)  # on the 8-bit grid
+    ids = torch.tensor([7, 0, 3, 3])  # pics_half keeps 8 training examples
+    for name in ["pics", "pics_P70", "pics_cs", "pics_half"]:
+        whole = read_split(root / name, "train")
+        for key, stored in open_split(root / name, "train").items():
+            assert torch.equal(stored.rows(ids), whole[key][ids]), (name, key)
+
 
 def test_video_clips_with_missing_frames_and_frame_subsampling(tmp_path):
     write_video(tmp_path / "raw" / "clip.mp4", n_frames=30, fps=10)
@@ -320,6 +347,12 @@ def test_video_clips_with_missing_frames_and_frame_subsampling(tmp_path):
     assert read_manifest(root / "vid")["shapes"]["train"][1:] == [3, 8, 16, 16]
     assert read_manifest(root / "vid")["fps"] == 10
     assert read_manifest(root / "vid_gaps")["coverage"]["train"]["hidden_mean"] == 0.25
+    assert stored_dtypes(root / "vid_slow") == {
+        f"{side}.{key}.npy": dtype
+        for side in ("train", "test")
+        for key, dtype in [("x", "uint8"), ("clip_file", "int64"), ("clip_start", "int64")]
+    }
+    assert stored_dtypes(root / "vid_gaps")["test.mask.npy"] == "bool"
     slow = read_manifest(root / "vid_slow")
     assert slow["shapes"]["train"][2] == 4 and slow["fps"] == 5
 
@@ -352,6 +385,9 @@ def test_audio_folder_with_missing_segments(tmp_path):
     assert manifest["sample_rate"] == 8000 and manifest["shapes"]["train"][1:] == [1, 1024]
     coverage = read_manifest(tmp_path / "prepared" / "snd_gaps")["coverage"]["train"]
     assert 0.3 <= coverage["hidden_mean"] < 0.3 + 64 / 1024
+    assert stored_dtypes(tmp_path / "prepared" / "snd")["train.x.npy"] == "int16"
+    gaps = stored_dtypes(tmp_path / "prepared" / "snd_gaps")
+    assert gaps["train.x.npy"] == "int16" and gaps["train.mask.npy"] == "bool"
 
 
 def test_every_default_in_params_yaml_is_valid_and_a_bundled_one_prepares(tmp_path):
@@ -411,3 +447,24 @@ def test_bad_input_fails_with_a_message_and_leaves_nothing(
     prepared = tmp_path / "prepared"
     left = sorted(p.name for p in prepared.glob("*")) if prepared.exists() else []
     assert left == (["d"] if variant else [])  # no half-written or temporary folder
+
+
+def test_a_variant_of_a_base_in_the_old_format_says_to_prepare_it_again(tmp_path, capsys):
+    base = tmp_path / "prepared" / "pics"
+    base.mkdir(parents=True)
+    for split, n in (("train", 3), ("test", 1)):
+        torch.save({"x": torch.zeros(n, 1, 8, 8)}, base / f"{split}.pt")
+    shapes = {"train": [3, 1, 8, 8], "test": [1, 1, 8, 8]}
+    (base / "manifest.json").write_text(
+        json.dumps({"name": "pics", "kind": "image", "shapes": shapes, "files": {}})
+    )
+    params = {
+        "datasets": {"pics": {"kind": "images", "source": "RAW", "image_size": 8}},
+        "variants": {
+            "pics_M": {"kind": "occlusion", "base": "pics", "pattern": "square", "side": 20}
+        },
+    }
+    assert run(tmp_path, params, "pics_M") == 2
+    err = capsys.readouterr().err
+    assert f"error: {base} holds prepared data in an old format" in err and "dvc repro" in err
+    assert not (tmp_path / "prepared" / "pics_M").exists()
