@@ -75,8 +75,8 @@ def all_rows(examples: Examples) -> torch.Tensor:
 
 
 def fits_on_device(n_examples: int, example_shape: Sequence[int], device: torch.device) -> bool:
-    """Whether the examples as float32 take at most DEVICE_SHARE of the device's free
-    memory (on the CPU: whether they are in memory already is the caller's question)."""
+    """Whether the examples as float32 take at most DEVICE_SHARE of a CUDA device's free
+    memory; on the CPU the device is the host, and holding them decoded is today's way."""
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)

@@ -172,9 +172,10 @@ class ABPTrainer:
         execution: how the iteration runs (speed switches; defaults: all off).
         observation: the operator A for the whole data set (identity if None).
         device: defaults to CUDA when available, else CPU.
-        data_on_device: hold the whole data set on the device (True), or leave it on the
-            host and move each batch there as it is needed (False); None: on the device
-            when it fits (abp.data.fits_on_device), except memory-mapped data on the CPU.
+        data_on_device: hold the whole data set on the device (True), or leave it where it
+            is (on the host, memory-mapped) and move each batch there as it is needed
+            (False); None: on the device when it fits (abp.data.fits_on_device; always on
+            the CPU, where holding it decoded is fastest).
 
     In a torchrun world (torch.distributed initialised: abp.distributed), every rank holds
     the whole latent bank; each batch of ids is shared out to the ranks, their new latents
@@ -241,10 +242,7 @@ class ABPTrainer:
         (`self.examples`, a Prefetcher, and staging buffers on CUDA)."""
         example_shape = tuple(examples.rows(torch.arange(1)).shape[1:])
         if on_device is None:
-            mapped = not isinstance(data, torch.Tensor)
-            on_device = fits_on_device(self.n_examples, example_shape, self.device) and not (
-                mapped and self.device.type == "cpu"
-            )
+            on_device = fits_on_device(self.n_examples, example_shape, self.device)
         self.data_on_device = on_device
         per_example = isinstance(observation, Mask) and observation.per_example
         self.data: torch.Tensor | None = None

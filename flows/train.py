@@ -39,7 +39,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.states import Failed
 from tqdm import tqdm
 
-from abp.datasets import DataError
+from abp.datasets import DataError, training_examples
 from abp.divergence import DivergenceError, risky_settings
 from abp.evaluate import sample_latents
 from abp.files import remove_stale_partials, save_tensors, write_json
@@ -267,8 +267,8 @@ def _train(
         },
     }
     generator = exp.build_generator()
-    train_split = exp.split("train")
-    y = train_split.y
+    # Memory-mapped: read per batch, or decoded whole when held on the device.
+    y, observation = training_examples(exp.data_folder, "train", exp.manifest)
     device = default_device()
     on_device = exp.cfg.training.data_on_device
     trainer = ABPTrainer(
@@ -276,7 +276,7 @@ def _train(
         y,
         _abp_config(exp, extra.get("retuned")),
         execution=exp.cfg.execution,
-        observation=train_split.observation,
+        observation=observation,
         device=device,
         data_on_device=None if on_device == "auto" else on_device,
     )

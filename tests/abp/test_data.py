@@ -58,7 +58,7 @@ def test_a_memory_mapped_split_trains_exactly_as_the_same_data_in_memory(tmp_pat
     x = images(45)
     in_memory = trainer(x)
     mapped = MemoryMapped(tmp_path / "x.npy", x.numpy())
-    off_device = trainer(mapped)  # auto: memory-mapped data on the CPU stays mapped
+    off_device = trainer(mapped, data_on_device=False)
     assert in_memory.data_on_device and not off_device.data_on_device
     in_memory.fit(3)
     off_device.fit(3)
