@@ -7,6 +7,7 @@ otherwise), the key and what is wrong, one line per problem, and is raised befor
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
@@ -407,6 +408,11 @@ class TrainingSettings(Strict):
     # as it is needed (false: a data set larger than the device's memory); auto: on the
     # device when it takes at most half of its free memory (abp.data.fits_on_device).
     data_on_device: Literal["auto"] | bool = "auto"
+    # Training processes (torchrun, flows/ranks.py): per machine (one per GPU), and machines,
+    # which meet at rdzv_endpoint (host:port of torchrun's c10d rendezvous).
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = None
 
     @field_validator("data_on_device", mode="before")
     @classmethod
@@ -414,6 +420,25 @@ class TrainingSettings(Strict):
         if v != "auto" and not isinstance(v, bool):
             raise PydanticCustomError("auto_or_bool", "should be auto, true or false")
         return v
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[^\s:]+:\d+", v):
+            raise PydanticCustomError("endpoint", "should be host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _machines_meet_somewhere(self) -> TrainingSettings:
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise PydanticCustomError(
+                "rendezvous", "nnodes > 1 needs rdzv_endpoint (host:port where the machines meet)"
+            )
+        return self
+
+    @property
+    def processes(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 class ExperimentConfig(Strict):

@@ -2,8 +2,11 @@
 
     python -m flows.train digits        # params.yaml: experiments.digits
 
-Runs on CUDA when available, else on the CPU. Shows a progress bar with the energy and the
-reconstruction error per epoch; saves a full checkpoint every `checkpoint_every` epochs to
+Runs on CUDA when available, else on the CPU; on several processes (one per GPU, or
+machines) when training.nproc_per_node or nnodes ask for them: the flow then starts torchrun,
+whose ranks run this module with --as-rank (flows/ranks.py, README "Scaling out"). Shows a
+progress bar with the energy and the reconstruction error per epoch; saves a full
+checkpoint every `checkpoint_every` epochs to
 models/<experiment>/checkpoints/last.pt, and a rerun after an interruption resumes from it
 (into the same MLflow run) as long as the settings and the data are unchanged. Writes the
 generator, the latent bank and the per-epoch history to models/<experiment>/.
@@ -21,11 +24,12 @@ What happens when things fail (README, "What happens when things fail"):
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 import tempfile
 import time
 from dataclasses import replace
+from logging import Logger, LoggerAdapter
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,21 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.states import Failed
 from tqdm import tqdm
 
 from abp.datasets import DataError, training_examples
+from abp.distributed import (
+    World,
+    barrier,
+    current_world,
+    join_from_environment,
+    launched_world,
+    leave,
+    process_device,
+)
 from abp.divergence import DivergenceError, risky_settings
 from abp.evaluate import sample_latents
 from abp.files import remove_stale_partials, save_tensors, write_json
@@ -52,6 +66,7 @@ from flows.locks import FolderLocked, exclusive
 from flows.mlflow_http import HttpLimits, process_http_limits
 from flows.paths import MODELS_ROOT, PREPARED_ROOT, experiment_arguments
 from flows.process import prefect_server_for_this_process, raise_if_stopped, run_command
+from flows.ranks import RanksFailed, run_ranks, torchrun_command
 from flows.recorder import TrackingRecorder, end_run
 from flows.samples import log_media
 from flows.system_metrics import SystemMetricsSampler
@@ -233,31 +248,67 @@ def train(
     prepared_root: str = str(PREPARED_ROOT),
     models_root: str = str(MODELS_ROOT),
 ) -> dict[str, Any] | State:
-    """Train the experiment; return where its outputs are and its final statistics (or, on
-    a failure the user can act on, a Failed state with the diagnosis)."""
+    """Train the experiment, on torchrun's processes when training.nproc_per_node or nnodes
+    ask for several (flows.ranks); return where its outputs are and its final statistics
+    (or, on a failure the user can act on, a Failed state with the diagnosis)."""
+    logger = get_run_logger()
     try:
-        return _train(experiment, params_file, prepared_root, models_root)
-    except (DivergenceError, CheckpointError, DataError) as error:
+        exp = load_experiment(experiment, Path(params_file), Path(prepared_root), Path(models_root))
+        training = exp.cfg.training
+        if training.processes > 1 and not current_world().distributed:
+            command = torchrun_command(
+                training, experiment, params_file, prepared_root, models_root
+            )
+            logger.info("training %s on %d processes: %s", experiment, training.processes, command)
+            summary = run_ranks(command, exp.model_folder / "mlflow_run.json")
+        else:
+            summary = _train(exp, logger)
+    except (DivergenceError, CheckpointError, DataError, RanksFailed) as error:
         # A failed run with the diagnosis as its message, not a traceback in the log; the
         # caller of the flow gets the error itself.
         return Failed(message=str(error), data=error)
+    _report(exp, summary)
+    return summary
 
 
-def _train(
-    experiment: str, params_file: str, prepared_root: str, models_root: str
-) -> dict[str, Any]:
-    logger = get_run_logger()
-    exp = load_experiment(experiment, Path(params_file), Path(prepared_root), Path(models_root))
+def _report(exp: Experiment, summary: dict[str, Any]) -> None:
+    link = tracking.run_link(summary["mlflow_run_id"], summary["mlflow_experiment_id"])
+    create_markdown_artifact(
+        key=f"train-{exp.name}".lower().replace("_", "-"),
+        markdown=(
+            f"# Training {exp.name}\n\n| | |\n|---|---|\n"
+            f"| data set | {exp.cfg.dataset} ({exp.kind}, {summary['examples']} examples) |\n"
+            f"| device | {summary['device']} × {summary['processes']} |\n"
+            f"| epochs | {summary['epochs']} |\n"
+            f"| final energy | {summary['energy']:.3f} |\n"
+            f"| reconstruction mse | {summary['reconstruction_mse']:.5f} |\n"
+            f"| time | {summary['train_seconds']:.1f} s |\n| MLflow run | {link} |\n"
+        ),
+        description=f"ABP training of {exp.name}",
+    )
+
+
+def _in_flow_run() -> bool:
+    return FlowRunContext.get() is not None
+
+
+def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
+    """The training itself, in this process: the only one, or one rank of a torchrun world
+    (rank 0 records to MLflow and writes the outputs; every rank checkpoints together)."""
+    world = current_world()
+    main_rank = world.is_main
+    experiment = exp.name
     checkpoint = exp.model_folder / "checkpoints" / "last.pt"
     fingerprint = exp.fingerprint()
     resume = _resumable_state(checkpoint, experiment, fingerprint, exp.cfg.training.epochs)
-    if checkpoint.is_file() and not resume:
+    if checkpoint.is_file() and not resume and main_rank:
         kept = set_aside(checkpoint, "previous")
         logger.info(
             "not resuming %s: it is from other settings, data or more epochs (kept as %s)",
             checkpoint,
             kept.name,
         )
+    barrier(world)  # no rank reads the checkpoint folder while rank 0 tidies it
     extra = {
         "fingerprint": fingerprint,
         **{
@@ -269,7 +320,7 @@ def _train(
     generator = exp.build_generator()
     # Memory-mapped: read per batch, or decoded whole when held on the device.
     y, observation = training_examples(exp.data_folder, "train", exp.manifest)
-    device = default_device()
+    device = process_device(world) if world.distributed else default_device()
     on_device = exp.cfg.training.data_on_device
     trainer = ABPTrainer(
         generator,
@@ -281,9 +332,10 @@ def _train(
         data_on_device=None if on_device == "auto" else on_device,
     )
     logger.info(
-        "training %s on %s: %d examples of shape %s (%s), %d parameters",
+        "training %s on %s%s: %d examples of shape %s (%s), %d parameters",
         experiment,
         device,
+        f" (rank {world.rank} of {world.size})" if world.distributed else "",
         len(y),
         exp.signal_shape,
         "on the device" if trainer.data_on_device else "moved to the device per batch",
@@ -296,23 +348,27 @@ def _train(
             "continuing with settings lowered by an earlier divergence retry: %s", extra["retuned"]
         )
 
-    run = _open_run(exp, resume)
-    extra["mlflow_run_id"] = run.info.run_id
+    run = _open_run(exp, resume) if main_rank else None  # only rank 0 talks to MLflow
+    if run is not None:
+        extra["mlflow_run_id"] = run.info.run_id
+    # Prefect tasks inside the flow run; called plainly by a rank torchrun started.
+    in_flow = _in_flow_run()
     recorder = sampler = None
     status = "FAILED"
     try:
-        if tracking.is_main_process():
+        if run is not None:
             recorder = TrackingRecorder(run.info.run_id, exp.model_folder / "tracking_spool")
             sampler = SystemMetricsSampler(recorder).start()
         if resume:
             trainer.load_state_dict(resume, retuned=tuple(extra.get("retuned", ())))
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
         else:
-            log_run_start(exp, device)
+            if run is not None:
+                (log_run_start if in_flow else log_run_start.fn)(exp, device)
             # The state a retry after a divergence in the first epochs goes back to.
             trainer.save_checkpoint(checkpoint, extra=extra)
-        if tracking.is_main_process():
-            log_data_seen(exp)
+        if run is not None:
+            (log_data_seen if in_flow else log_data_seen.fn)(exp)
         saver = Checkpointer(checkpoint, every=exp.cfg.training.checkpoint_every, extra=extra)
         started = time.perf_counter()
         # Off a terminal (under DVC, in CI logs) redraw rarely instead of flooding the log.
@@ -324,6 +380,7 @@ def _train(
             unit="epoch",
             file=sys.stderr,
             mininterval=0.1 if sys.stderr.isatty() else 15,
+            disable=not main_rank,
         ) as progress:
             epoch_recorder = EpochRecorder(exp, trainer, progress, recorder)
             if not resume:  # a resumed run has its step 0 already
@@ -333,13 +390,17 @@ def _train(
             callbacks = [epoch_recorder, saver, lambda _trainer, _stats: raise_if_stopped()]
             fit_with_retries(exp, trainer, callbacks, saver, checkpoint, recorder, logger)
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
-        summary = _write_outputs(exp, trainer, run, recorder, logger)
-        summary.update(
-            train_seconds=time.perf_counter() - started,
-            fingerprint=fingerprint,
-            retuned=saver.extra.get("retuned", {}),
-        )
-        write_json(exp.model_folder / "mlflow_run.json", summary)
+        summary: dict[str, Any] = {"epochs": trainer.epoch}
+        if run is not None:
+            summary = _write_outputs(exp, trainer, run, recorder, logger)
+            summary.update(
+                train_seconds=time.perf_counter() - started,
+                fingerprint=fingerprint,
+                retuned=saver.extra.get("retuned", {}),
+                examples=len(y),
+                processes=world.size,
+            )
+            write_json(exp.model_folder / "mlflow_run.json", summary)
         status = "FINISHED"
     except DivergenceError as error:
         if recorder is not None:
@@ -351,26 +412,13 @@ def _train(
     finally:
         if sampler is not None:
             sampler.stop()
-        if recorder is None:
-            tracking.end_run(status)
-        else:
+        if recorder is not None:
             # The status goes after every record, kept on disk with them if the server is
             # away; an interrupted run waits little (what is not sent stays in the spool).
             end_run(recorder, status, wait_seconds=2 if status == "KILLED" else FLUSH_WAIT_SECONDS)
+        elif run is not None:
+            tracking.end_run(status)
 
-    link = tracking.run_link(run.info.run_id, run.info.experiment_id)
-    create_markdown_artifact(
-        key=f"train-{experiment}".lower().replace("_", "-"),
-        markdown=(
-            f"# Training {experiment}\n\n| | |\n|---|---|\n"
-            f"| data set | {exp.cfg.dataset} ({exp.kind}, {len(y)} examples) |\n"
-            f"| device | {device} |\n| epochs | {trainer.epoch} |\n"
-            f"| final energy | {summary['energy']:.3f} |\n"
-            f"| reconstruction mse | {summary['reconstruction_mse']:.5f} |\n"
-            f"| time | {summary['train_seconds']:.1f} s |\n| MLflow run | {link} |\n"
-        ),
-        description=f"ABP training of {experiment}",
-    )
     return summary
 
 
@@ -452,7 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         help="start afresh: set the checkpoint aside (renamed, kept) instead "
         "of resuming it, e.g. when it is damaged",
     )
+    parser.add_argument(
+        "--as-rank",
+        action="store_true",
+        help="run as one rank of the torchrun the train flow started (flows.ranks): the flow "
+        "holds the lock and is the Prefect flow run",
+    )
     args = parser.parse_args(argv)
+    world = launched_world()
     try:
         # Settings, data, folders and the tracking store are checked before Prefect or
         # MLflow start: fail fast, with the file or key named.
@@ -460,11 +515,12 @@ def main(argv: list[str] | None = None) -> int:
             args.experiment, Path(args.params), Path(args.prepared_root), Path(args.models_root)
         )
         exp.build_generator()
-        if not tracking.is_main_process():
-            raise ConfigError(
-                f"RANK={os.environ['RANK']}: training in several processes is not "
-                "supported yet; run one process"
-            )
+        if args.as_rank and not world.distributed:
+            raise ConfigError("--as-rank is for the processes torchrun starts (flows.ranks)")
+        if world.distributed:
+            join_from_environment(process_device(world))
+            if args.as_rank or not world.is_main:
+                return _run_rank(exp, world)
         check_writable(exp.model_folder)
         tracking.check_reachable(tracking.configure())
         with exclusive(exp.model_folder, f"a training of {args.experiment}"):
@@ -491,9 +547,27 @@ def main(argv: list[str] | None = None) -> int:
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except DivergenceError as error:
+    except (DivergenceError, RanksFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        leave()
+    return 0
+
+
+def _run_rank(exp: Experiment, world: World) -> int:
+    """One rank of a torchrun world: rank 0 records to MLflow (checked first), every rank
+    trains and checkpoints with the others."""
+    if world.is_main:
+        tracking.check_reachable(tracking.configure())
+    logger = logging.getLogger(f"flows.train.rank{world.rank}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"rank {world.rank}: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if world.is_main else logging.WARNING)
+        logger.propagate = False
+    _train(exp, logger)
     return 0
 
 

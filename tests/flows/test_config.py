@@ -269,3 +269,16 @@ def test_data_on_device_is_auto_or_a_bool():
         experiment_config(
             "tiny", with_experiment(training={"epochs": 1, "data_on_device": "sometimes"})
         )
+
+
+def test_several_machines_need_a_rendezvous_endpoint():
+    cfg = experiment_config("tiny", with_experiment(training={"epochs": 1, "nproc_per_node": 2}))
+    assert cfg.training.processes == 2 and cfg.training.rdzv_endpoint is None
+    with pytest.raises(ConfigError, match=r"training: nnodes > 1 needs rdzv_endpoint"):
+        experiment_config("tiny", with_experiment(training={"epochs": 1, "nnodes": 2}))
+    with pytest.raises(ConfigError, match=r"training.rdzv_endpoint: should be host:port"):
+        experiment_config(
+            "tiny", with_experiment(training={"epochs": 1, "nnodes": 2, "rdzv_endpoint": "gpu1"})
+        )
+    two = {"epochs": 1, "nnodes": 2, "nproc_per_node": 4, "rdzv_endpoint": "gpu1:29400"}
+    assert experiment_config("tiny", with_experiment(training=two)).training.processes == 8

@@ -1,0 +1,84 @@
+"""Training on several processes: the train flow starts torchrun, torchrun starts the ranks.
+
+    training: {epochs: 40, nproc_per_node: 2}                # one machine, 2 processes
+    training: {epochs: 40, nproc_per_node: 8, nnodes: 2, rdzv_endpoint: gpu1:29400}
+
+`python -m flows.train <exp>` (the DVC stage) checks the settings, takes the experiment's
+lock and, as the Prefect flow run `train <exp>`, starts
+
+    python -m torch.distributed.run --nproc_per_node=N ... -m flows.train <exp> --as-rank
+
+in its own process group, ended with the flow (Ctrl-C, SIGTERM, a killed parent). Every rank
+joins the process group (abp.distributed: NCCL on CUDA, gloo on the CPU); rank 0 records to
+MLflow and writes models/<exp>/, and the flow reports what rank 0 wrote. With nnodes > 1 the
+same command runs on every machine (README, "Scaling out"): this one starts its own.
+
+`torchrun --nproc_per_node=N -m flows.train <exp>` by hand works too: rank 0 then is the
+Prefect flow run and holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flows.config import TrainingSettings
+from flows.process import start_child, stop_group, wait_child
+
+# How long the ranks get to stop cleanly (rank 0 ends its MLflow run) before SIGKILL.
+STOP_SECONDS = 20
+
+
+class RanksFailed(RuntimeError):
+    """torchrun ended with a failure; the ranks' own errors are in the log above."""
+
+
+def torchrun_command(
+    training: TrainingSettings, experiment: str, params: str, prepared_root: str, models_root: str
+) -> list[str]:
+    """The torchrun command that runs this machine's ranks of the experiment's training."""
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    command += [f"--nproc_per_node={training.nproc_per_node}", f"--nnodes={training.nnodes}"]
+    if training.nnodes == 1:
+        command.append("--standalone")  # a rendezvous on a free local port
+    else:
+        command += [
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={training.rdzv_endpoint}",
+            f"--rdzv_id=abp-{experiment}",
+        ]
+    return [
+        *command,
+        "-m",
+        "flows.train",
+        experiment,
+        "--as-rank",
+        "--params",
+        params,
+        "--prepared-root",
+        prepared_root,
+        "--models-root",
+        models_root,
+    ]
+
+
+def run_ranks(command: list[str], summary_file: Path) -> dict[str, Any]:
+    """Run torchrun in its own process group and wait; return the summary rank 0 wrote.
+    Interrupted, the ranks get SIGINT (a clean stop), then SIGKILL after STOP_SECONDS."""
+    started = time.time()
+    child = start_child(command)
+    try:
+        code = wait_child(child)
+    except BaseException:
+        stop_group(child, timeout=STOP_SECONDS, sig=signal.SIGINT)
+        raise
+    if code != 0:
+        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        raise RanksFailed(f"the training processes failed (torchrun ended with {how})")
+    if not summary_file.is_file() or summary_file.stat().st_mtime < started:
+        raise RanksFailed(f"the training processes ended without writing {summary_file}")
+    return json.loads(summary_file.read_text())

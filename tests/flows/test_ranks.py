@@ -1,0 +1,118 @@
+"""Training on two processes through the pipeline: the train flow starts torchrun (gloo on
+the CPU), rank 0 records one MLflow run, and Ctrl-C stops every rank.
+
+A tiny copy of the repository (as tests/test_dvc_pipeline.py makes it) whose experiment asks
+for `training.nproc_per_node: 2`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from test_dvc_pipeline import REPO, dvc, git, ran, tiny_params
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "digits_P50"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """The copy, with its data prepared (each test copies it)."""
+    copy = tmp_path_factory.mktemp("ranks") / "repo"
+    for name in git(REPO, "ls-files", "--cached", "--others", "--exclude-standard").split():
+        if name != "dvc.lock" and not name.startswith("metrics/") and (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    params = tiny_params()
+    params["experiments"][EXPERIMENT]["training"].update(nproc_per_node=2, epochs=3)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, "commit", "-qm", "copy")
+    assert ran(dvc(copy, "repro", f"variant@{EXPERIMENT}"))
+    return copy
+
+
+@pytest.fixture
+def repo(prepared, tmp_path) -> Path:
+    shutil.copytree(prepared, tmp_path / "repo", symlinks=True)
+    return tmp_path / "repo"
+
+
+def test_dvc_repro_trains_on_two_processes_into_one_mlflow_run(repo):
+    result = dvc(repo, "repro", f"train@{EXPERIMENT}")
+    assert ran(result) == [f"Running stage 'train@{EXPERIMENT}':"]
+    log = result.stdout + result.stderr
+    assert f"training {EXPERIMENT} on 2 processes" in log and "(rank 0 of 2)" in log
+
+    checkpoint = torch.load(
+        repo / "models" / EXPERIMENT / "checkpoints" / "last.pt", weights_only=True
+    )
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rank_rng_states"]) == 2
+    summary = json.loads((repo / "models" / EXPERIMENT / "mlflow_run.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs"] == 3
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # one run, rank 0's
+    assert runs[0].info.status == "FINISHED"
+    energy = client.get_metric_history(summary["mlflow_run_id"], "energy")
+    assert [m.step for m in energy] == [1, 2, 3]
+
+
+def test_ctrl_c_stops_the_flow_torchrun_and_every_rank(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["experiments"][EXPERIMENT]["training"].update(epochs=2000)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", EXPERIMENT],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    checkpoint = repo / "models" / EXPERIMENT / "checkpoints" / "last.pt"
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 180
+    while not (checkpoint.is_file() and len([p for p in seen.values() if _rank(p)]) == 2):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        for process in psutil.Process(launcher.pid).children(recursive=True):
+            seen.setdefault(process.pid, process)
+        time.sleep(0.2)
+
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C at the terminal: the whole group
+    output, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, output[-3000:]
+    assert "interrupted (SIGINT): stopped" in output
+    time.sleep(1)
+    alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]  # rank 0 ended its run
+
+
+def _rank(process: psutil.Process) -> bool:
+    try:
+        return "--as-rank" in process.cmdline() and "torch.distributed.run" not in " ".join(
+            process.cmdline()
+        )
+    except psutil.Error:
+        return False
