@@ -88,19 +88,17 @@ T = TypeVar("T")
 
 class Prefetcher(Generic[T]):
     """Runs `gather(batch)` for the batches in order, one ahead of the consumer, on a
-    worker thread (reading memory-mapped rows releases the GIL while pages come in)."""
+    worker thread (reading memory-mapped rows releases the GIL while pages come in). The
+    thread lives as long as one pass over the batches."""
 
     def __init__(self, gather: Callable[[torch.Tensor], T]):
         self.gather = gather
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abp-prefetch")
 
     def __call__(self, batches: Sequence[torch.Tensor]) -> Iterator[T]:
-        pending: Future[T] | None = None
-        for i in range(len(batches)):
-            current = pending.result() if pending else self.gather(batches[i])
-            if i + 1 < len(batches):
-                pending = self.pool.submit(self.gather, batches[i + 1])
-            yield current
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="abp-prefetch") as pool:
+            pending: Future[T] | None = None
+            for i in range(len(batches)):
+                current = pending.result() if pending else self.gather(batches[i])
+                if i + 1 < len(batches):
+                    pending = pool.submit(self.gather, batches[i + 1])
+                yield current
