@@ -18,6 +18,8 @@ import psutil
 import pytest
 import torch
 
+# Real torchrun processes: `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("ddp_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 

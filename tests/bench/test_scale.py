@@ -6,6 +6,7 @@ is tests/abp/test_data.py's.)"""
 import math
 import re
 
+import pytest
 import torch
 
 from abp.datasets import PIXELS, decode
@@ -27,6 +28,7 @@ def numbers(fields: list[str]) -> list[float]:
     return [float(f.rstrip("×%")) for f in fields]
 
 
+@pytest.mark.slow  # fresh child processes and torchrun
 def test_a_quick_run_prints_every_row_with_finite_positive_numbers(capsys):
     main(["--quick", "--device", "cpu", "--sizes", "64,256"])
     lines = capsys.readouterr().out.splitlines()
