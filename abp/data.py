@@ -30,7 +30,8 @@ class Examples(Protocol):
     def __len__(self) -> int: ...
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """The examples `ids` (a 1-D int64 tensor on the host) as float32 on the host."""
+        """The examples `ids` (a 1-D int64 tensor on the host), decoded: float32 signals
+        where the data are (the host for files; a tensor's own device)."""
         ...
 
 

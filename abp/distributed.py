@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,11 @@ def join_from_environment(device: torch.device) -> World:
         return current_world() if world.distributed else world
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # Rank 0 alone talks to MLflow while the others wait in a collective: a slow tracking
+    # server must not trip NCCL's watchdog (10 minutes by default).
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT
+    )
     return current_world()
 
 
@@ -125,3 +132,12 @@ def gather_objects(value: Any, world: World) -> list[Any]:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def broadcast_object(value: Any, world: World) -> Any:
+    """Rank 0's `value` (picklable), on every rank."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -8,7 +8,10 @@ Each epoch visits every training example once, in a shuffled order. For a batch:
 
 Everything random (initial latents, shuffling, Langevin noise) draws from the trainer's own
 torch.Generator, whose state is checkpointed with the weights, the optimizer and the latent
-bank, so training resumed from a checkpoint continues exactly as if it had never stopped.
+bank, so training resumed from a checkpoint continues exactly as if it had never stopped. On
+several ranks (abp.distributed) the Langevin noise draws from one generator per rank, whose
+states are all checkpointed: a resume at the same world size is exact, at another it is not
+(a warning says so).
 
     trainer = ABPTrainer(generator, data, ABPConfig(sigma=0.3, step_size=0.1))
     trainer.fit(epochs=100, callbacks=[Checkpointer("ckpt.pt", every=10)])
@@ -20,7 +23,6 @@ diverged state never reaches a Checkpointer, so the last checkpoint on disk stay
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 import warnings
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from annotated_types import Ge, Gt, Lt
 
@@ -119,6 +122,14 @@ def check_batches(config: ABPConfig, execution: ExecutionConfig) -> None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def noise_seed(seed: int, rank: int, resumed_at: int = -1) -> int:
+    """The seed of a rank's Langevin noise: mixed from (seed, rank, the epoch a resume at
+    another world size began), so that no rank's stream is the shuffling stream (seeded by
+    `seed`) nor another run's (seed + 1, …)."""
+    words = [seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, rank, resumed_at + 1, 0x4E015E]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
 
 
 class LatentBank:
@@ -222,7 +233,9 @@ class ABPTrainer:
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
         self.noise_rng = self.rng
         if self.world.distributed:
-            self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + self.world.rank)
+            self.noise_rng = torch.Generator(self.device).manual_seed(
+                noise_seed(config.seed, self.world.rank)
+            )
         self.latent_bank = LatentBank.from_prior(
             self.n_examples, generator.latent_shape, rng=self.rng, device=self.device
         )
@@ -241,10 +254,11 @@ class ABPTrainer:
         """The data set on the device (`self.data`), or left where it is and read per batch
         (`self.examples`, a Prefetcher, and staging buffers on CUDA)."""
         example_shape = tuple(examples.rows(torch.arange(1)).shape[1:])
-        if on_device is None:
-            on_device = fits_on_device(self.n_examples, example_shape, self.device)
-        self.data_on_device = on_device
         per_example = isinstance(observation, Mask) and observation.per_example
+        if on_device is None:  # a per-example mask goes along, as float32 too
+            arrays = 2 if per_example else 1
+            on_device = fits_on_device(self.n_examples * arrays, example_shape, self.device)
+        self.data_on_device = on_device
         self.data: torch.Tensor | None = None
         self.examples: Examples | None = None
         if on_device:
@@ -260,10 +274,10 @@ class ABPTrainer:
         self._staged: tuple[torch.Tensor, Observation] | None = None
         self._staging: tuple[torch.Tensor, torch.Tensor | None] | None = None
         if self.device.type == "cuda":
-            # Fixed buffers the batches are copied into: what a CUDA graph reads.
-            rows = math.ceil(
-                (self.execution.inference_batch_size or self.config.batch_size) / self.world.size
-            )
+            # Fixed buffers the batches are copied into: what a CUDA graph reads. Rank 0's
+            # share of a full inference batch is the largest share any batch gives a rank.
+            full = self.execution.inference_batch_size or self.config.batch_size
+            rows = max(self._share(torch.arange(full)).rank_sizes)
             y = torch.zeros((rows, *example_shape), device=self.device)
             mask = torch.zeros_like(y) if per_example else None
             self._staging = (y, mask)
@@ -329,7 +343,7 @@ class ABPTrainer:
         observation = self.observation.select(ids)
         if self.device.type == "cuda":
             y = y.pin_memory()
-            if isinstance(observation, Mask):
+            if isinstance(observation, Mask) and observation.per_example:  # else on the device
                 observation = Mask(observation.mask.pin_memory(), validate=False)
         return y, observation
 
@@ -346,7 +360,11 @@ class ABPTrainer:
             mask_buffer[: len(y)].copy_(observation.mask, non_blocking=True)
 
     def learning_step(
-        self, z: torch.Tensor, y: torch.Tensor, observation: Observation, global_size: int = 0
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        observation: Observation,
+        global_size: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on W for the energy at the inferred z (the batch mean of the
         per-example energies: a Monte Carlo estimate of the expected gradient).
@@ -358,6 +376,8 @@ class ABPTrainer:
         residual = observation.residual(y, self.learn_forward(z))
         energies = energy_of_residual(residual, z, sigma=self.config.sigma)
         if self.world.distributed:
+            if not global_size:
+                raise ValueError("on several ranks a learning step needs its global batch size")
             (energies.sum() * (self.world.size / global_size)).backward()
         else:
             energies.mean().backward()
@@ -475,7 +495,9 @@ class ABPTrainer:
         """The epoch's divergence, the first of any rank's: every rank raises alike."""
         verdicts = gather_objects(watch.verdict(), self.world)
         found = [v for v in verdicts if v is not None]
-        return min(found, key=lambda v: v[0]) if found else None
+        # A rank's inf latents make every rank's weights inf in the same batch (DDP's
+        # all-reduce): there the Langevin cause comes first, as on one process.
+        return min(found, key=lambda v: (v[0], v[1] != "langevin")) if found else None
 
     def fit(self, epochs: int, callbacks: Sequence[EpochCallback] = ()) -> list[dict[str, float]]:
         """Train until `epochs` epochs in total are done (a resumed trainer continues from
@@ -489,6 +511,7 @@ class ABPTrainer:
     # --- checkpoints -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The full training state. On several ranks a collective: every rank calls it."""
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
@@ -549,8 +572,9 @@ class ABPTrainer:
 
     def _restore_noise(self, state: dict[str, Any]) -> None:
         """Each rank's Langevin noise stream where the checkpoint left it. At another world
-        size there is no such stream: fresh ones (seeded by seed, rank and epoch) continue,
-        and the run is no longer the one an uninterrupted training would have been."""
+        size there is no such stream: on several ranks fresh ones (seeded by seed, rank and
+        epoch) continue, on one process the noise continues from `rng`; either way the run is
+        no longer the one an uninterrupted training would have been."""
         saved_size = state.get("world_size", 1)
         if saved_size == self.world.size:
             if self.world.distributed:
@@ -563,9 +587,7 @@ class ABPTrainer:
             stacklevel=3,
         )
         if self.world.distributed:
-            self.noise_rng.manual_seed(
-                self.config.seed + self.world.rank + self.world.size * (self.epoch + 1)
-            )
+            self.noise_rng.manual_seed(noise_seed(self.config.seed, self.world.rank, self.epoch))
 
     def save_checkpoint(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write a full checkpoint atomically (a temporary file, then a rename): a crash while

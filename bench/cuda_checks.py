@@ -10,6 +10,8 @@ torch alone, no pytest): each switch trains like the plain path within a stated 
 - channels_last, compile: the same training within float tolerance (compile: CUDA only by
   default, it takes minutes on a CPU).
 - bf16: every example's energy within 2 % of the float32 energy.
+- data off the device (`data_on_device=False`): batches gathered on the host, moved per
+  batch (pinned, staged into fixed buffers for CUDA graphs): the same training.
 
 "Float tolerance" is measured, not guessed: Langevin chains amplify rounding differences
 (three epochs turn a one-ulp change of the initial weights into about 1e-2 of the weights'
@@ -74,6 +76,8 @@ def train(
     }
     # A switch is an ExecutionConfig field; anything else changes the algorithm's settings
     # (what a check must catch: tests/bench/test_cuda_checks.py).
+    # `data_on_device` is the trainer's own: False moves each batch from the host.
+    on_device = switches.pop("data_on_device", None)
     execution = {k: v for k, v in switches.items() if k in ExecutionConfig.__dataclass_fields__}
     settings.update({k: v for k, v in switches.items() if k not in execution})
     trainer = ABPTrainer(
@@ -83,6 +87,7 @@ def train(
         execution=ExecutionConfig(**execution),
         observation=mask,
         device=device,
+        data_on_device=on_device,
     )
     initial_weights = [p.detach().clone() for p in trainer.generator.parameters()]
     trainer.fit(epochs)
@@ -191,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     # (name, switches, baseline they are compared with); the CUDA-graph checks come last,
     # so that a failed capture cannot spoil the checks after it.
     checks: list[tuple[str, dict[str, bool], dict[str, bool]]] = [
-        ("channels_last", {"channels_last": True}, {})
+        ("channels_last", {"channels_last": True}, {}),
+        ("data off the device", {"data_on_device": False}, {}),
     ]
     if args.compile if args.compile is not None else on_cuda:
         checks.append(("compile", {"compile": True}, {}))
     if on_cuda:
         checks += [
             ("cuda_graphs", {"cuda_graphs": True}, {}),
+            # Batches staged into fixed buffers from pinned host memory, replayed.
+            ("cuda_graphs+data off the device", {"data_on_device": False}, {"cuda_graphs": True}),
             (
                 "cuda_graphs+bf16+channels_last (the benchmark's)",
                 {"cuda_graphs": True},

@@ -20,9 +20,10 @@ Prefect flow run and holds the lock.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
-import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from flows.process import start_child, stop_group, wait_child
 
 # How long the ranks get to stop cleanly (rank 0 ends its MLflow run) before SIGKILL.
 STOP_SECONDS = 20
+# The environment variable that gives the ranks the launch's token (see run_ranks).
+LAUNCH_TOKEN = "ABP_LAUNCH_TOKEN"
 
 
 class RanksFailed(RuntimeError):
@@ -66,11 +69,21 @@ def torchrun_command(
     ]
 
 
-def run_ranks(command: list[str], summary_file: Path) -> dict[str, Any]:
+def run_ranks(
+    command: list[str], summary_file: Path, *, flow_run_id: str | None, one_machine: bool
+) -> dict[str, Any]:
     """Run torchrun in its own process group and wait; return the summary rank 0 wrote.
-    Interrupted, the ranks get SIGINT (a clean stop), then SIGKILL after STOP_SECONDS."""
-    started = time.time()
-    child = start_child(command)
+    Interrupted, the ranks get SIGINT (a clean stop), then SIGKILL after STOP_SECONDS.
+
+    The ranks learn this launch's token and the flow run they belong to (rank 0 tags its
+    MLflow run with it) from the environment; on one machine the summary must carry the
+    token, so that one left by an earlier run is never taken for this one's. (On several
+    machines rank 0 may be on another one, started without the token.)"""
+    token = uuid.uuid4().hex
+    env = {**os.environ, LAUNCH_TOKEN: token}
+    if flow_run_id is not None:
+        env["PREFECT__FLOW_RUN_ID"] = flow_run_id  # what prefect.runtime reads outside a flow
+    child = start_child(command, env=env)
     try:
         code = wait_child(child)
     except BaseException:
@@ -79,6 +92,7 @@ def run_ranks(command: list[str], summary_file: Path) -> dict[str, Any]:
     if code != 0:
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         raise RanksFailed(f"the training processes failed (torchrun ended with {how})")
-    if not summary_file.is_file() or summary_file.stat().st_mtime < started:
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if not summary or (one_machine and summary.get("launch") != token):
         raise RanksFailed(f"the training processes ended without writing {summary_file}")
-    return json.loads(summary_file.read_text())
+    return summary

@@ -25,6 +25,7 @@ What happens when things fail (README, "What happens when things fail"):
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ from tqdm import tqdm
 from abp.datasets import DataError, training_examples
 from abp.distributed import (
     World,
-    barrier,
+    broadcast_object,
     current_world,
     join_from_environment,
     launched_world,
@@ -66,7 +67,7 @@ from flows.locks import FolderLocked, exclusive
 from flows.mlflow_http import HttpLimits, process_http_limits
 from flows.paths import MODELS_ROOT, PREPARED_ROOT, experiment_arguments
 from flows.process import prefect_server_for_this_process, raise_if_stopped, run_command
-from flows.ranks import RanksFailed, run_ranks, torchrun_command
+from flows.ranks import LAUNCH_TOKEN, RanksFailed, run_ranks, torchrun_command
 from flows.recorder import TrackingRecorder, end_run
 from flows.samples import log_media
 from flows.system_metrics import SystemMetricsSampler
@@ -260,7 +261,12 @@ def train(
                 training, experiment, params_file, prepared_root, models_root
             )
             logger.info("training %s on %d processes: %s", experiment, training.processes, command)
-            summary = run_ranks(command, exp.model_folder / "mlflow_run.json")
+            summary = run_ranks(
+                command,
+                exp.model_folder / "mlflow_run.json",
+                flow_run_id=str(runtime.flow_run.id),
+                one_machine=training.nnodes == 1,
+            )
         else:
             summary = _train(exp, logger)
     except (DivergenceError, CheckpointError, DataError, RanksFailed) as error:
@@ -300,15 +306,23 @@ def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
     experiment = exp.name
     checkpoint = exp.model_folder / "checkpoints" / "last.pt"
     fingerprint = exp.fingerprint()
-    resume = _resumable_state(checkpoint, experiment, fingerprint, exp.cfg.training.epochs)
-    if checkpoint.is_file() and not resume and main_rank:
-        kept = set_aside(checkpoint, "previous")
-        logger.info(
-            "not resuming %s: it is from other settings, data or more epochs (kept as %s)",
-            checkpoint,
-            kept.name,
-        )
-    barrier(world)  # no rank reads the checkpoint folder while rank 0 tidies it
+    resume = None
+    if main_rank:
+        resume = _resumable_state(checkpoint, experiment, fingerprint, exp.cfg.training.epochs)
+        if checkpoint.is_file() and not resume:
+            kept = set_aside(checkpoint, "previous")
+            logger.info(
+                "not resuming %s: it is from other settings, data or more epochs (kept as %s)",
+                checkpoint,
+                kept.name,
+            )
+    # Rank 0 decides, the others follow: ranks deciding on their own (while rank 0 sets a
+    # checkpoint aside) could disagree, and their collectives would no longer match.
+    resumed_epoch = broadcast_object(resume["epoch"] if resume else None, world)
+    if not main_rank and resumed_epoch is not None:
+        resume = read_checkpoint(checkpoint, experiment)
+        if resume["epoch"] != resumed_epoch:
+            raise CheckpointError(f"{checkpoint} changed while the training's ranks read it")
     extra = {
         "fingerprint": fingerprint,
         **{
@@ -399,6 +413,7 @@ def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
                 retuned=saver.extra.get("retuned", {}),
                 examples=len(y),
                 processes=world.size,
+                launch=os.environ.get(LAUNCH_TOKEN),
             )
             write_json(exp.model_folder / "mlflow_run.json", summary)
         status = "FINISHED"

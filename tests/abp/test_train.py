@@ -9,7 +9,7 @@ from abp.divergence import DivergenceError, risky_settings
 from abp.langevin import reconstruct
 from abp.models import ImageGenerator, LinearGenerator
 from abp.observe import Mask
-from abp.train import ABPConfig, ABPTrainer, Checkpointer, ExecutionConfig
+from abp.train import ABPConfig, ABPTrainer, Checkpointer, ExecutionConfig, noise_seed
 
 
 def principal_angles_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -276,3 +276,11 @@ def test_risky_settings_are_named():
     assert risky_settings(ABPConfig()) == []
     found = " ".join(risky_settings(ABPConfig(step_size=50, learning_rate=100)))
     assert "step_size 50 is large for sigma 0.3" in found and "learning_rate 100" in found
+
+
+def test_each_ranks_noise_stream_is_its_own():
+    """No rank's Langevin noise is the shuffling stream (seeded by the seed itself), another
+    rank's, another seed's, or the stream before a resume at another world size."""
+    seeds = [noise_seed(seed, rank) for seed in range(3) for rank in range(4)]
+    assert len(set(seeds)) == 12 and not set(seeds) & set(range(100))
+    assert noise_seed(0, 1, resumed_at=5) not in seeds
