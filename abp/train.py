@@ -227,9 +227,9 @@ class ABPTrainer:
             self.learn_forward = DistributedDataParallel(self.forward, device_ids=ids)
         examples = as_examples(data)
         self.n_examples = len(examples)
-        self._place_data(data, examples, observation or Identity(), data_on_device)
+        self._place_data(examples, observation or Identity(), data_on_device)
         # Shuffling and the initial latents draw from `rng`, the same stream on every rank;
-        # the Langevin noise from `noise_rng`, each rank its own (seed + rank).
+        # the Langevin noise from `noise_rng`, each rank its own (noise_seed).
         self.rng = torch.Generator(self.device).manual_seed(config.seed)
         self.noise_rng = self.rng
         if self.world.distributed:
@@ -245,11 +245,7 @@ class ABPTrainer:
         self.history: list[dict[str, float]] = []
 
     def _place_data(
-        self,
-        data: torch.Tensor | Examples,
-        examples: Examples,
-        observation: Observation,
-        on_device: bool | None,
+        self, examples: Examples, observation: Observation, on_device: bool | None
     ) -> None:
         """The data set on the device (`self.data`), or left where it is and read per batch
         (`self.examples`, a Prefetcher, and staging buffers on CUDA)."""
@@ -262,9 +258,7 @@ class ABPTrainer:
         self.data: torch.Tensor | None = None
         self.examples: Examples | None = None
         if on_device:
-            self.data = (data if isinstance(data, torch.Tensor) else all_rows(examples)).to(
-                self.device, torch.float32
-            )
+            self.data = all_rows(examples).to(self.device, torch.float32)
             self.observation = observation.to(self.device)
             return
         self.examples = examples
