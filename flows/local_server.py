@@ -18,10 +18,9 @@ only then is the server stopped.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
-from flows.process import prefect_server, run_command, start_child, stop_group, wait_child
+from flows.process import prefect_server, run_command, run_in_own_group
 
 STOP_SECONDS = 20
 
@@ -33,12 +32,7 @@ def run_in_group(argv: list[str], env: dict[str, str] | None = None) -> int:
     """Run `argv` in its own process group, which dies with us; return its exit status
     (128 + N when signal N ended it). Interrupted, the whole group gets SIGINT, then SIGKILL
     after STOP_SECONDS."""
-    child = start_child(argv, env=env)
-    try:
-        code = wait_child(child)
-    except BaseException:
-        stop_group(child, timeout=STOP_SECONDS, sig=signal.SIGINT)
-        raise
+    code = run_in_own_group(argv, stop_seconds=STOP_SECONDS, env=env)
     return 128 - code if code < 0 else code
 
 

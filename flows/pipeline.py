@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,7 @@ from flows.process import (
     die_with_parent,
     prefect_server_for_this_process,
     run_command,
-    start_child,
-    stop_group,
-    wait_child,
+    run_in_own_group,
 )
 
 STOP_SECONDS = 20  # below the 30 s a Prefect runner waits after SIGTERM before SIGKILL
@@ -44,19 +41,15 @@ def run_dvc(command: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str
     STOP_SECONDS, then the interruption goes on."""
     # A file, not a pipe: nothing blocks on a full pipe while the group is being stopped.
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as output:
-        child = start_child(
+        code = run_in_own_group(
             command,
+            stop_seconds=STOP_SECONDS,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        try:
-            code = wait_child(child)
-        except BaseException:
-            stop_group(child, timeout=STOP_SECONDS, sig=signal.SIGINT)
-            raise
         output.seek(0)
         return code, output.read()
 

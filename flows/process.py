@@ -168,6 +168,21 @@ def stop_group(
     return process.wait()
 
 
+def run_in_own_group(args: Sequence[str], *, stop_seconds: float = 20, **popen_kwargs) -> int:
+    """Run `args` as a child in its own process group that dies with this process
+    (`start_child`) and wait for it; return its exit status (negative: the signal that ended
+    it). Interrupted meanwhile (Ctrl-C, SIGTERM, which Prefect raises as TerminationSignal,
+    a cancelled flow run), the whole group gets SIGINT (DVC releases its lock, a stage or a
+    rank gets KeyboardInterrupt), SIGKILL after `stop_seconds`; then the interruption goes
+    on."""
+    child = start_child(args, **popen_kwargs)
+    try:
+        return wait_child(child)
+    except BaseException:
+        stop_group(child, timeout=stop_seconds, sig=signal.SIGINT)
+        raise
+
+
 class _Signals:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once; later ones are reported and
     ignored, so that they cannot interrupt the `finally:` blocks stopping children and

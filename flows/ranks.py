@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from flows.config import TrainingSettings
-from flows.process import start_child, stop_group, wait_child
+from flows.process import run_in_own_group
 
 # How long the ranks get to stop cleanly (rank 0 ends its MLflow run) before SIGKILL.
 STOP_SECONDS = 20
@@ -83,12 +82,7 @@ def run_ranks(
     env = {**os.environ, LAUNCH_TOKEN: token}
     if flow_run_id is not None:
         env["PREFECT__FLOW_RUN_ID"] = flow_run_id  # what prefect.runtime reads outside a flow
-    child = start_child(command, env=env)
-    try:
-        code = wait_child(child)
-    except BaseException:
-        stop_group(child, timeout=STOP_SECONDS, sig=signal.SIGINT)
-        raise
+    code = run_in_own_group(command, stop_seconds=STOP_SECONDS, env=env)
     if code != 0:
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         raise RanksFailed(f"the training processes failed (torchrun ended with {how})")
