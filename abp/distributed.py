@@ -31,6 +31,9 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    # The machine (torchrun's node, GROUP_RANK) and how many take part (GROUP_WORLD_SIZE).
+    node: int = 0
+    nodes: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -45,15 +48,26 @@ def current_world() -> World:
     """The process group this process joined, or a world of one."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+    launched = launched_world()
+    return World(
+        dist.get_rank(), dist.get_world_size(), launched.local_rank, launched.node, launched.nodes
+    )
 
 
 def launched_world() -> World:
     """What torchrun's environment says this process is (a world of one without it),
     before any process group is joined."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def number(name: str, default: int) -> int:
+        return int(os.environ.get(name, str(default)))
+
+    return World(
+        number("RANK", 0),
+        number("WORLD_SIZE", 1),
+        number("LOCAL_RANK", 0),
+        number("GROUP_RANK", 0),
+        number("GROUP_WORLD_SIZE", 1),
+    )
 
 
 def process_device(world: World) -> torch.device:

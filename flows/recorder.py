@@ -200,11 +200,14 @@ class TrackingRecorder:
 
     # -- what the training loop calls ------------------------------------------------------
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(
+        self, metrics: dict[str, float], step: int, timestamp: int | None = None
+    ) -> None:
+        """Metrics at `step`, stamped now or at `timestamp` (ms since the epoch): when they
+        were measured, if that was earlier."""
         values = {str(key): float(value) for key, value in metrics.items()}
-        self._record(
-            {"kind": "metrics", "step": int(step), "timestamp": _now_ms(), "values": values}
-        )
+        when = _now_ms() if timestamp is None else int(timestamp)
+        self._record({"kind": "metrics", "step": int(step), "timestamp": when, "values": values})
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         self.log_metrics({key: value}, step)

@@ -70,7 +70,7 @@ from flows.process import prefect_server_for_this_process, raise_if_stopped, run
 from flows.ranks import LAUNCH_TOKEN, RanksFailed, run_ranks, torchrun_command
 from flows.recorder import TrackingRecorder, end_run
 from flows.samples import log_media
-from flows.system_metrics import SystemMetricsSampler
+from flows.system_metrics import SystemMetrics
 
 # A retry after divergence halves the culprit: the step size when the chains blew up, the
 # learning rate when the weights did.
@@ -367,12 +367,13 @@ def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
         extra["mlflow_run_id"] = run.info.run_id
     # Prefect tasks inside the flow run; called plainly by a rank torchrun started.
     in_flow = _in_flow_run()
-    recorder = sampler = None
+    recorder = None
+    system: SystemMetrics | None = None
     status = "FAILED"
     try:
         if run is not None:
             recorder = TrackingRecorder(run.info.run_id, exp.model_folder / "tracking_spool")
-            sampler = SystemMetricsSampler(recorder).start()
+        system = SystemMetrics(world, recorder).start()  # each machine's; rank 0 records
         if resume:
             trainer.load_state_dict(resume, retuned=tuple(extra.get("retuned", ())))
             logger.info("resumed from %s at epoch %d", checkpoint, trainer.epoch)
@@ -401,8 +402,14 @@ def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
                 epoch_recorder.log_samples(trainer)
             # Last: an interrupt Python lost (see raise_if_stopped) stops the training
             # after the epoch's checkpoint, not after the last epoch.
-            callbacks = [epoch_recorder, saver, lambda _trainer, _stats: raise_if_stopped()]
+            callbacks = [
+                epoch_recorder,
+                saver,
+                system,  # brings the other machines' samples to rank 0
+                lambda _trainer, _stats: raise_if_stopped(),
+            ]
             fit_with_retries(exp, trainer, callbacks, saver, checkpoint, recorder, logger)
+        system.finish()
         trainer.save_checkpoint(checkpoint, extra=saver.extra)  # the final state, always
         summary: dict[str, Any] = {"epochs": trainer.epoch}
         if run is not None:
@@ -425,8 +432,8 @@ def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
         status = "KILLED"
         raise
     finally:
-        if sampler is not None:
-            sampler.stop()
+        if system is not None:
+            system.stop()
         if recorder is not None:
             # The status goes after every record, kept on disk with them if the server is
             # away; an interrupted run waits little (what is not sent stays in the spool).

@@ -1,5 +1,6 @@
 """Training on two processes through the pipeline: the train flow starts torchrun (gloo on
-the CPU), rank 0 records one MLflow run, and Ctrl-C stops every rank.
+the CPU), rank 0 records one MLflow run, and Ctrl-C stops every rank; two "machines" (two
+torchruns meeting at a c10d rendezvous, here on one host) each record their system metrics.
 
 A tiny copy of the repository (as tests/test_dvc_pipeline.py makes it) whose experiment asks
 for `training.nproc_per_node: 2`.
@@ -21,7 +22,11 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow_server import free_port
 from test_dvc_pipeline import REPO, dvc, git, ran, tiny_params
+
+from flows.experiment import load_experiment
+from flows.ranks import torchrun_command
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "digits_P50"
@@ -107,6 +112,48 @@ def test_ctrl_c_stops_the_flow_torchrun_and_every_rank(repo):
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]  # rank 0 ended its run
+
+
+def test_two_machines_train_as_one_world_and_each_records_its_system_metrics(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["experiments"][EXPERIMENT]["training"].update(
+        nproc_per_node=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}", epochs=40
+    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    # This machine: the train flow, which starts its torchrun; the other machine: the same
+    # torchrun command, started by hand (README "Scaling out"), on the same shared folder.
+    training = load_experiment(
+        EXPERIMENT, repo / "params.yaml", repo / "data" / "prepared"
+    ).cfg.training
+    other = torchrun_command(training, EXPERIMENT, "params.yaml", "data/prepared", "models")
+    machines = [
+        subprocess.Popen(
+            command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for command in ([sys.executable, "-m", "flows.train", EXPERIMENT], other)
+    ]
+    outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+
+    summary = json.loads((repo / "models" / EXPERIMENT / "mlflow_run.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs"] == 40
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # one run, rank 0's
+    system = {key for key in runs[0].data.metrics if key.startswith("system/")}
+    assert "system/cpu_utilization_percentage" not in system  # names carry the machine
+    for node in (0, 1):
+        history = client.get_metric_history(
+            summary["mlflow_run_id"], f"system/node_{node}/cpu_utilization_percentage"
+        )
+        steps = [m.step for m in sorted(history, key=lambda m: m.step)]
+        assert len(steps) >= 2 and steps == list(range(len(steps))), (node, steps)
 
 
 def _rank(process: psutil.Process) -> bool:

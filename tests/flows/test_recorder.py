@@ -19,7 +19,7 @@ from flows import tracking
 from flows.mlflow_http import process_http_limits
 from flows.recorder import TrackingRecorder, end_run
 from flows.recorder import main as recorder_main
-from flows.system_metrics import SystemMetricsSampler
+from flows.system_metrics import RecordedSeries, SystemMetricsSampler
 from flows.tracking import TrackingUnavailable, check_reachable
 
 
@@ -274,7 +274,7 @@ def test_tracking_end_run_gives_up_in_seconds(live, caplog):
 def test_system_metrics_go_through_the_recorder(live, tmp_path):
     run_id = new_run(live)
     recorder = TrackingRecorder(run_id, tmp_path / "spool", tracking_uri=live.uri)
-    sampler = SystemMetricsSampler(recorder, interval=0.2).start()
+    sampler = SystemMetricsSampler(RecordedSeries(recorder, "system/"), interval=0.2).start()
     time.sleep(1.5)
     sampler.stop(timeout=5)
     assert recorder.close().unsent == 0
