@@ -54,6 +54,9 @@ def dvc(copy: Path, *args: str, runs_stages: bool = True) -> subprocess.Complete
     `make run` does), plain otherwise (a server costs ~7 s to start)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # As on a user's machine: Python writes bytecode caches (__pycache__/ in abp/, a stage
+    # dependency), which must not make a stage look changed.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     server = [sys.executable, "-m", "flows.local_server", "--"] if runs_stages else []
     return subprocess.run(
         [*server, "dvc", *args],
