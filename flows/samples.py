@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
 
 from abp import media
 
@@ -122,6 +121,10 @@ def shown_examples(kind: str, truth: torch.Tensor) -> list[int]:
 def spectrograms(rows: dict[str, torch.Tensor], sample_rate: int, path: Path) -> Path:
     """Spectrograms of sounds, a row of them per label, with time in seconds and frequency in
     hertz on the axes; one colour scale (dB) for all, so quieter rows look darker."""
+    # Here, not at the top: only sound needs it, and importing matplotlib costs every
+    # training process half a second (a pipeline starts sixteen).
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
+
     decibels = {label: [media.spectrogram_db(w) for w in waves] for label, waves in rows.items()}
     top = max(float(s.max()) for row in decibels.values() for s in row)
     n_rows, n_cols = len(rows), max(len(row) for row in decibels.values())
