@@ -1,0 +1,44 @@
+"""flows.process.run_command's normal exit (its signal handling is tests/faults/
+test_interrupts.py's): main's status, after the exit hooks, with the objects that were alive
+when main returned out of the garbage collector's sight (the exit's last collections over
+torch's, Prefect's and MLflow's objects cost about a second a command: bench.command_exit)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# An exit hook that writes through a buffered file, as logging's and MLflow's flushes do,
+# and reports whether main's objects were frozen by then.
+COMMAND = """
+import atexit, gc, sys
+from flows.process import run_command
+def main():
+    out = open(sys.argv[2], "w")  # buffered: only the hook's close writes it
+    def hook():
+        out.write(f"frozen: {gc.get_freeze_count() > 0}")
+        out.close()
+    atexit.register(hook)
+    return int(sys.argv[1])
+run_command(main)
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_command_exits_with_mains_status_after_its_exit_hooks_outside_the_collector(
+    status, tmp_path
+):
+    written = tmp_path / "hook.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", COMMAND, str(status), str(written)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == status, done.stderr
+    assert done.stderr == ""
+    assert written.read_text() == "frozen: True"
