@@ -52,8 +52,10 @@ class EvaluationConfig:
     n_samples: Annotated[int, Ge(1)] = 16
     # Examples whose descent runs at once on the evaluating device: bounds its memory (one
     # batch there, plus the generator; the splits stay on the host) and changes no result
-    # beyond rounding, since each example stops on its own.
-    batch_size: Annotated[int, Ge(1)] = 256
+    # beyond rounding, since each example stops on its own. A batch runs until its slowest
+    # example stops, so fewer, larger batches make fewer passes: the 1438 training digits
+    # descend in 2 batches of up to 1024 in about 3/4 of the time of 6 batches of 256.
+    batch_size: Annotated[int, Ge(1)] = 1024
 
     def __post_init__(self) -> None:
         check_fields(self)
