@@ -150,7 +150,8 @@ class SplitSettings(Strict):
 
 
 class ImageDataset(SplitSettings):
-    """A folder of images (recursively), or a bundled image set."""
+    """A folder of images (recursively), idx image files (the MNIST family: one file or a
+    folder of them, read instead of image files when there are any), or a bundled image set."""
 
     kind: Literal["images"]
     source: str
@@ -158,6 +159,8 @@ class ImageDataset(SplitSettings):
     channels: Literal[1, 3] = 1
     crop: Literal["center", "none"] = "center"
     max_examples: int | None = Field(None, ge=1)
+    # idx images only: swap rows and columns (EMNIST's files store every image transposed).
+    transpose: bool = False
 
     @field_validator("source")
     @classmethod

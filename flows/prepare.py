@@ -30,7 +30,8 @@ from abp import datasets, variants
 from abp.sources.audio import load_audio_clips
 from abp.sources.bundled import bundled_file, bundled_images
 from abp.sources.common import Clips, Skipped, SourceError, source_root
-from abp.sources.images import images_from_arrays, load_image_folder
+from abp.sources.idx import idx_image_files
+from abp.sources.images import images_from_arrays, load_idx_images, load_image_folder
 from abp.sources.video import load_video_clips
 from flows.config import (
     BUNDLED,
@@ -71,7 +72,18 @@ def read_source(
         skipped = []
     else:
         location = bundled_file(bundled) if bundled else Path(cfg.source)
-        if isinstance(cfg, ImageDataset):
+        if isinstance(cfg, ImageDataset) and idx_image_files(location):
+            source, files, skipped = load_idx_images(
+                location,
+                size=cfg.image_size,
+                channels=cfg.channels,
+                crop=cfg.crop,
+                transpose=cfg.transpose,
+                max_images=cfg.max_examples,
+                on_corrupt=cfg.on_corrupt,
+            )
+            info["split"] = {"by": "example", "note": "idx images, drawn at random"}
+        elif isinstance(cfg, ImageDataset):
             source, files, skipped = load_image_folder(
                 location,
                 size=cfg.image_size,
@@ -152,6 +164,11 @@ def frame_rates(clips: Clips, frame_step: int) -> dict[str, Any]:
 
 
 def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) -> dict[str, Any]:
+    if isinstance(cfg, ImageDataset) and cfg.transpose and not idx_image_files(Path(cfg.source)):
+        raise ConfigError(
+            f"{params_file}: datasets.{name}.transpose: true swaps the rows and columns of idx "
+            f"images, and {cfg.source} holds no idx image files (names ending images-idx3-ubyte)"
+        )
     source, info = read_source(cfg)
     if isinstance(source, Clips):
         # Clips overlap in time: a random draw of clips would put most of every test clip
@@ -184,11 +201,14 @@ def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) 
         split: {k: v[ids] for k, v in examples.items()}
         for split, ids in (("train", train_ids), ("test", test_ids))
     }
+    # `transpose` is recorded only when on: image data sets prepared before the key existed
+    # keep byte-identical manifests, so upgrading retrains nothing that depends on them.
+    untransposed = isinstance(cfg, ImageDataset) and not cfg.transpose
     manifest = {
         "name": name,
         "kind": kind,
         **info,
-        "settings": cfg.model_dump(),
+        "settings": cfg.model_dump(exclude={"transpose"} if untransposed else None),
         "split_seed": cfg.split_seed,
         "counts": {s: len(t["x"]) for s, t in splits.items()},
         "shapes": {s: list(t["x"].shape) for s, t in splits.items()},

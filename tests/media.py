@@ -1,7 +1,10 @@
-"""Small real media files written by the tests themselves (PIL, PyAV, soundfile)."""
+"""Small real media files written by the tests themselves (PIL, PyAV, soundfile, and idx
+files written byte by byte as the MNIST format defines them)."""
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 
 import av
@@ -44,4 +47,21 @@ def write_tone(path: Path, seconds: float, rate: int, channels: int = 1, freq=44
     t = np.arange(int(seconds * rate)) / rate
     wave = 0.5 * np.sin(2 * np.pi * freq * t)
     soundfile.write(str(path), np.stack([wave] * channels, axis=1), rate)
+    return path
+
+
+# idx type codes (the format's own table): element type → code.
+IDX_CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """An idx file as MNIST's are written: 00 00, the type code, the number of dimensions,
+    each dimension as a big-endian uint32, then the values big-endian in C order."""
+    dtype = np.dtype(array.dtype).newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+    code = IDX_CODES[dtype.str.replace("|", "")]
+    data = struct.pack(">BBBB", 0, 0, code, array.ndim)
+    data += struct.pack(f">{array.ndim}I", *array.shape)
+    data += np.ascontiguousarray(array, dtype=dtype).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
     return path

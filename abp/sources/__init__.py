@@ -1,6 +1,7 @@
 """Reading raw data into tensors in [−1, 1], channels first.
 
-- `images`: a folder of image files (PIL), or image arrays from a bundled package;
+- `images`: a folder of image files (PIL), idx image files (the MNIST family: abp.sources.idx),
+  or image arrays from a bundled package;
 - `video`: video files decoded with PyAV, brought to one frame rate, grouped into clips;
 - `audio`: audio files read with soundfile (PyAV for what it cannot read), averaged to mono,
   resampled with torchaudio, cut into clips (short sounds left out, or zero-padded under a

@@ -1,4 +1,5 @@
-"""Images: a folder of files any PIL can read, or arrays, into N×C×H×W tensors in [−1, 1]."""
+"""Images: a folder of files any PIL can read, idx files (the MNIST family), or arrays, into
+N×C×H×W tensors in [−1, 1]."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from abp.sources.common import OnCorrupt, Skipped, SourceError, find_files, read_all
+from abp.sources.idx import idx_image_files, read_idx_images
 
 Crop = Literal["center", "none"]
 
@@ -74,6 +76,40 @@ def load_image_folder(
         [to_tensor(img, size=size, channels=channels, crop=crop) for _, img in good]
     )
     return images, [path for path, _ in good], skipped
+
+
+def load_idx_images(
+    location: Path,
+    *,
+    size: int,
+    channels: int,
+    crop: Crop = "center",
+    transpose: bool = False,
+    max_images: int | None = None,
+    on_corrupt: OnCorrupt = "skip",
+) -> tuple[torch.Tensor, list[Path], list[Skipped]]:
+    """The images of the idx image files at `location` (one file, or every one under a
+    folder, in sorted path order; at most `max_images` in all), each like an image file:
+    cropped, resized, grayscale or RGB. `transpose` swaps rows and columns (EMNIST stores its
+    images transposed). Returns (N×C×size×size tensor, the files used, the files skipped)."""
+    files = idx_image_files(location)
+    if not files:
+        raise SourceError(
+            f"{location}: no idx image files there (names ending images-idx3-ubyte, optionally .gz)"
+        )
+    good, skipped = read_all(files, read_idx_images, on_corrupt=on_corrupt, what="idx image")
+    arrays: list[np.ndarray] = []
+    used: list[Path] = []
+    for path, in_file in good:
+        wanted = in_file if max_images is None else in_file[: max_images - len(arrays)]
+        if len(wanted):
+            arrays.extend(image.T if transpose else image for image in wanted)
+            used.append(path)
+        if max_images is not None and len(arrays) >= max_images:
+            break
+    if not arrays:
+        raise SourceError(f"{location}: the idx image files hold no images")
+    return images_from_arrays(arrays, size=size, channels=channels, crop=crop), used, skipped
 
 
 def images_from_arrays(

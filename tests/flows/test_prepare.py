@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import torch
 import yaml
-from media import write_images, write_tone, write_video
+from media import write_idx, write_images, write_tone, write_video
 
 from abp.datasets import PIXELS, SAMPLES, open_split, quantize, read_manifest, read_split
 from abp.variants import operator_from_spec
@@ -250,6 +250,35 @@ def test_compressed_measurements_of_padded_sounds_are_refused(tmp_path, capsys):
     assert not (tmp_path / "prepared" / "snd_cs").exists()
 
 
+def test_idx_files_prepare_into_a_data_set_of_exactly_their_pixels(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", images, gz=True)
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz", np.zeros(30, np.uint8), gz=True)
+    dataset = {"kind": "images", "source": str(tmp_path / "mnist"), "image_size": 28}
+    params = {"datasets": {"mnist": {**dataset, "max_examples": 25, "test_fraction": 0.2}}}
+    assert run(tmp_path, params, "mnist") == 0
+    folder = tmp_path / "prepared" / "mnist"
+    manifest = read_manifest(folder)
+    assert manifest["counts"] == {"train": 20, "test": 5}
+    assert manifest["split"]["by"] == "example" and manifest["inputs"]["files"] == 1
+    assert "transpose" not in manifest["settings"]  # recorded only when on
+    # Every one of the first 25 images, each once, its bytes unchanged (28×28 stays 28×28).
+    assert prepared_pixels(folder) == sorted(i.tobytes() for i in images[:25])
+
+    params = {"datasets": {"emnist": {**dataset, "transpose": True}}}
+    assert run(tmp_path, params, "emnist") == 0
+    folder = tmp_path / "prepared" / "emnist"
+    assert read_manifest(folder)["settings"]["transpose"] is True
+    assert prepared_pixels(folder) == sorted(i.T.tobytes() for i in images)
+
+
+def prepared_pixels(folder: Path) -> list[bytes]:
+    """The bytes of every prepared grayscale image (both splits), sorted."""
+    prepared = torch.cat([read_split(folder, split)["x"] for split in ("train", "test")])
+    pixels = ((prepared[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    return sorted(p.tobytes() for p in pixels)
+
+
 def test_image_folder_with_occlusion_compression_and_subsampling(tmp_path):
     write_images(tmp_path / "raw", 20, size=(70, 64))
     params = {
@@ -412,6 +441,11 @@ def test_every_default_in_params_yaml_is_valid_and_a_bundled_one_prepares(tmp_pa
             {"kind": "images", "source": "RAW", "image_size": "eight"},
             None,
             "datasets.d.image_size: Input should be a valid integer",
+        ),
+        (
+            {"kind": "images", "source": "RAW", "image_size": 8, "transpose": True},
+            None,
+            "datasets.d.transpose: true swaps the rows and columns of idx images",
         ),
         (
             {"kind": "images", "source": "bundled:imagenet", "image_size": 8},
