@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,12 @@ def run_ranks(
     env = {**os.environ, LAUNCH_TOKEN: token}
     if flow_run_id is not None:
         env["PREFECT__FLOW_RUN_ID"] = flow_run_id  # what prefect.runtime reads outside a flow
-    code = run_in_own_group(command, stop_seconds=STOP_SECONDS, env=env)
+    # torchrun's agent makes a log folder (torchelastic_*) in the temporary directory at
+    # every launch and never removes it: give it one that ends with the launch.
+    with tempfile.TemporaryDirectory(prefix="abp-torchrun-") as logs:
+        at = command.index("torch.distributed.run") + 1
+        launch = [*command[:at], f"--log-dir={logs}", *command[at:]]
+        code = run_in_own_group(launch, stop_seconds=STOP_SECONDS, env=env)
     if code != 0:
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         raise RanksFailed(f"the training processes failed (torchrun ended with {how})")

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,8 +57,15 @@ def repo(prepared, tmp_path) -> Path:
     return tmp_path / "repo"
 
 
+def torchelastic_folders() -> set[Path]:
+    """The log folders torchrun's agent makes by default (and never removes)."""
+    return set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
+
+
 def test_dvc_repro_trains_on_two_processes_into_one_mlflow_run(repo):
+    before = torchelastic_folders()
     result = dvc(repo, "repro", f"train@{EXPERIMENT}")
+    assert torchelastic_folders() <= before  # the launch left no folder behind
     assert ran(result) == [f"Running stage 'train@{EXPERIMENT}':"]
     log = result.stdout + result.stderr
     assert f"training {EXPERIMENT} on 2 processes" in log and "(rank 0 of 2)" in log
