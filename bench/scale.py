@@ -393,24 +393,26 @@ def child(spec: dict[str, Any]) -> None:
 def launch(spec: dict[str, Any], nproc: int = 1) -> dict[str, Any]:
     """Run `spec` in a fresh child process (under torchrun for nproc > 1); its result."""
     module = ["-m", "bench.scale", "--child", json.dumps(spec)]
-    if nproc > 1:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            *module,
-        ]
-    else:
-        command = [sys.executable, *module]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     if spec.get("threads"):
         env["OMP_NUM_THREADS"] = str(spec["threads"])
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    # torchrun's agent would leave its log folder (torchelastic_*) in /tmp: give it this one.
+    with tempfile.TemporaryDirectory(prefix="bench-torchrun-") as logs:
+        command = [sys.executable, *module]
+        if nproc > 1:
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                f"--log-dir={logs}",
+                *module,
+            ]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not results:
         raise RuntimeError(

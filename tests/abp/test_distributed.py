@@ -36,6 +36,7 @@ def launch(out: Path, nproc: int, **settings) -> subprocess.Popen:
             "torch.distributed.run",
             "--standalone",
             f"--nproc_per_node={nproc}",
+            f"--log-dir={out / 'torchrun'}",  # else a torchelastic_* folder left in /tmp
             str(WORKER),
             args,
         ]
