@@ -9,7 +9,11 @@ A prepared folder holds `manifest.json` and one `.npy` file per array of each sp
   indirect ones;
 - for clips cut from video or audio files, `clip_file` (int64, an index into the manifest's
   `split.files`) and `clip_start` (int64, the clip's first frame or sample in that file),
-  which is how anyone can check that no test clip overlaps a training clip.
+  which is how anyone can check that no test clip overlaps a training clip;
+- for patches cropped from images (flows.prepare, `patches:`), `patch_image` (int64, the
+  image each came from, in the source's order) and `patch_corner` (int64 row and column of
+  its top-left corner in the image as resized), so that anyone can check that no test patch
+  comes from an image that training patches come from.
 
 The manifest's `arrays` says, per split and array, its `file`, `dtype`, `shape`, `scale`
 and `offset`; `decode` is the one definition of the values: float32 `stored · scale +

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -149,6 +150,16 @@ class SplitSettings(Strict):
     on_corrupt: Literal["skip", "fail"] = "skip"
 
 
+class Patches(Strict):
+    """Random square crops of every image, after it is resized to image_size, each crop an
+    example: many views of one texture, so that a model learns its statistics (and samples
+    from the prior look like it) instead of one image's layout."""
+
+    count: int = Field(ge=1)  # per image
+    size: int = Field(ge=4)
+    seed: int = 0
+
+
 class ImageDataset(SplitSettings):
     """A folder of images (recursively), idx image files (the MNIST family: one file or a
     folder of them, read instead of image files when there are any), or a bundled image set."""
@@ -161,6 +172,16 @@ class ImageDataset(SplitSettings):
     max_examples: int | None = Field(None, ge=1)
     # idx images only: swap rows and columns (EMNIST's files store every image transposed).
     transpose: bool = False
+    # Crops of each image as the examples (the split then keeps an image's crops together).
+    patches: Patches | None = None
+
+    @field_validator("patches")
+    @classmethod
+    def _patches_fit(cls, v: Patches | None, info: ValidationInfo) -> Patches | None:
+        size = info.data.get("image_size")
+        if v is not None and size is not None and v.size > size:
+            raise ValueError(f"size {v.size} is larger than the images (image_size {size})")
+        return v
 
     @field_validator("source")
     @classmethod

@@ -31,7 +31,12 @@ from abp.sources.audio import load_audio_clips
 from abp.sources.bundled import bundled_file, bundled_images
 from abp.sources.common import Clips, Skipped, SourceError, source_root
 from abp.sources.idx import idx_image_files
-from abp.sources.images import images_from_arrays, load_idx_images, load_image_folder
+from abp.sources.images import (
+    images_from_arrays,
+    load_idx_images,
+    load_image_folder,
+    random_patches,
+)
 from abp.sources.video import load_video_clips
 from flows.config import (
     BUNDLED,
@@ -163,6 +168,47 @@ def frame_rates(clips: Clips, frame_step: int) -> dict[str, Any]:
     return found
 
 
+def recorded_settings(cfg) -> dict[str, Any]:
+    """The data set's settings for its manifest. Keys added to images since (transpose,
+    patches) are recorded only when set: data sets prepared before they existed keep
+    byte-identical manifests, so upgrading retrains nothing that depends on them."""
+    if not isinstance(cfg, ImageDataset):
+        return cfg.model_dump()
+    unset = {k for k in ("transpose", "patches") if not getattr(cfg, k)}
+    return cfg.model_dump(exclude=unset or None)
+
+
+def patch_examples(
+    name: str, cfg: ImageDataset, images: torch.Tensor, params_file: Path
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The crops of every image as the examples, with the image and corner of each
+    (`patch_image`, `patch_corner`), split by image: an image's crops overlap one another,
+    so all of them go to one side."""
+    assert cfg.patches is not None
+    x, image, corner = random_patches(
+        images, count=cfg.patches.count, size=cfg.patches.size, seed=cfg.patches.seed
+    )
+    names = [f"image {i}" for i in range(len(images))]  # in the source's (sorted) order
+    if cfg.test_fraction and len(names) * cfg.test_fraction < 1 - 1e-9:
+        raise ConfigError(
+            f"{params_file}: datasets.{name}.test_fraction: {cfg.test_fraction} with patches "
+            f"of {len(names)} image(s): an image's patches overlap, so the split keeps each "
+            f"image's patches on one side and needs at least {math.ceil(1 / cfg.test_fraction)} "
+            "images; use test_fraction: 0 (no test split) or more images"
+        )
+    train, test, record = datasets.split_by_source(
+        image,
+        torch.zeros_like(image),
+        names=names,
+        clip_length=cfg.patches.size,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.split_seed,
+        unit="pixels",
+    )
+    record["note"] = "patches of one image overlap: each image's patches on one side"
+    return {"x": x, "patch_image": image, "patch_corner": corner}, train, test, record
+
+
 def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) -> dict[str, Any]:
     if isinstance(cfg, ImageDataset) and cfg.transpose and not idx_image_files(Path(cfg.source)):
         raise ConfigError(
@@ -189,6 +235,10 @@ def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) 
         examples = {"x": source.x, "clip_file": source.file, "clip_start": source.start}
         if source.mask is not None:
             examples["mask"] = source.mask
+    elif isinstance(cfg, ImageDataset) and cfg.patches is not None:
+        examples, train_ids, test_ids, info["split"] = patch_examples(
+            name, cfg, source, params_file
+        )
     else:
         train_ids, test_ids = datasets.split_indices(len(source), cfg.test_fraction, cfg.split_seed)
         examples = {"x": source}
@@ -201,14 +251,11 @@ def prepare_dataset(name: str, cfg, out: Path, params_file: Path = PARAMS_FILE) 
         split: {k: v[ids] for k, v in examples.items()}
         for split, ids in (("train", train_ids), ("test", test_ids))
     }
-    # `transpose` is recorded only when on: image data sets prepared before the key existed
-    # keep byte-identical manifests, so upgrading retrains nothing that depends on them.
-    untransposed = isinstance(cfg, ImageDataset) and not cfg.transpose
     manifest = {
         "name": name,
         "kind": kind,
         **info,
-        "settings": cfg.model_dump(exclude={"transpose"} if untransposed else None),
+        "settings": recorded_settings(cfg),
         "split_seed": cfg.split_seed,
         "counts": {s: len(t["x"]) for s, t in splits.items()},
         "shapes": {s: list(t["x"].shape) for s, t in splits.items()},

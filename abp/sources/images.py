@@ -118,3 +118,25 @@ def images_from_arrays(
     return torch.stack(
         [to_tensor(array_to_image(a), size=size, channels=channels, crop=crop) for a in arrays]
     )
+
+
+def random_patches(
+    images: torch.Tensor, *, count: int, size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`count` square crops of side `size` from each image of N×C×H×W, their corners drawn
+    uniformly (seeded). Returns (N·count×C×size×size crops, the image each came from
+    (int64), their top-left corners (N·count×2 int64: row, column))."""
+    n, _, height, width = images.shape
+    if size > min(height, width):
+        raise SourceError(f"patches of {size}×{size} do not fit in {height}×{width} images")
+    rng = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, height - size + 1, (n, count), generator=rng)
+    columns = torch.randint(0, width - size + 1, (n, count), generator=rng)
+    crops = [
+        images[i, :, r : r + size, c : c + size]
+        for i in range(n)
+        for r, c in zip(rows[i].tolist(), columns[i].tolist(), strict=True)
+    ]
+    image = torch.arange(n).repeat_interleave(count)
+    corners = torch.stack([rows.flatten(), columns.flatten()], dim=1)
+    return torch.stack(crops), image, corners

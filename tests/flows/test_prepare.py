@@ -279,6 +279,46 @@ def prepared_pixels(folder: Path) -> list[bytes]:
     return sorted(p.tobytes() for p in pixels)
 
 
+def test_patches_of_images_are_the_examples_and_an_images_patches_stay_on_one_side(tmp_path):
+    write_images(tmp_path / "raw", 4, size=(40, 40), mode="L")
+    patches = {"count": 5, "size": 16, "seed": 3}
+    dataset = {"kind": "images", "source": str(tmp_path / "raw"), "image_size": 32}
+    params = {"datasets": {"tex": {**dataset, "patches": patches, "test_fraction": 0.25}}}
+    assert run(tmp_path, params, "tex") == 0
+    folder = tmp_path / "prepared" / "tex"
+    manifest = read_manifest(folder)
+    assert manifest["counts"] == {"train": 15, "test": 5}
+    assert manifest["shapes"]["train"] == [15, 1, 16, 16]
+    assert manifest["settings"]["patches"] == patches and manifest["split"]["by"] == "file"
+    train, test = read_split(folder, "train"), read_split(folder, "test")
+    assert set(train["patch_image"].tolist()).isdisjoint(test["patch_image"].tolist())
+    # Each patch is its image's pixels at its corner (the image as prepared whole, 32×32).
+    whole = {"datasets": {"whole": {**dataset, "test_fraction": 0.0}}}
+    assert run(tmp_path, whole, "whole") == 0
+    images = read_split(tmp_path / "prepared" / "whole", "train")["x"]
+    for split in (train, test):
+        for x, i, (r, c) in zip(
+            split["x"], split["patch_image"].tolist(), split["patch_corner"].tolist(), strict=True
+        ):
+            assert torch.equal(x, images[i, :, r : r + 16, c : c + 16])
+
+
+def test_patches_of_too_few_images_for_a_test_split_are_refused(tmp_path, capsys):
+    write_images(tmp_path / "raw", 1, size=(40, 40))
+    dataset = {"kind": "images", "source": str(tmp_path / "raw"), "image_size": 32}
+    params = {"datasets": {"tex": {**dataset, "patches": {"count": 8, "size": 16}}}}
+    assert run(tmp_path, params, "tex") == 2
+    err = capsys.readouterr().err
+    assert "datasets.tex.test_fraction: 0.2 with patches of 1 image(s)" in err
+    assert "needs at least 5 images" in err
+    params["datasets"]["tex"]["patches"]["size"] = 33
+    assert run(tmp_path, params, "tex") == 2
+    assert "datasets.tex.patches: Value error, size 33 is larger than the images" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "prepared" / "tex").exists()
+
+
 def test_image_folder_with_occlusion_compression_and_subsampling(tmp_path):
     write_images(tmp_path / "raw", 20, size=(70, 64))
     params = {

@@ -5,7 +5,7 @@ import torch
 from media import write_images
 
 from abp.sources.common import SourceError
-from abp.sources.images import images_from_arrays, load_image_folder
+from abp.sources.images import images_from_arrays, load_image_folder, random_patches
 
 
 def test_reads_every_image_under_the_folder_recursively_in_path_order(tmp_path):
@@ -54,3 +54,18 @@ def test_empty_missing_or_unreadable_folders_are_explained(tmp_path):
     (tmp_path / "bad" / "a.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(SourceError, match="none of the 1 image files could be read"):
         load_image_folder(tmp_path / "bad", size=8, channels=1)
+
+
+def test_patches_are_the_image_regions_at_their_recorded_corners():
+    images = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).reshape(2, 3, 10, 12)
+    crops, image, corners = random_patches(images, count=4, size=5, seed=7)
+    assert crops.shape == (8, 3, 5, 5) and image.tolist() == [0] * 4 + [1] * 4
+    for crop, i, (r, c) in zip(crops, image.tolist(), corners.tolist(), strict=True):
+        assert 0 <= r <= 5 and 0 <= c <= 7
+        assert torch.equal(crop, images[i, :, r : r + 5, c : c + 5])
+    again, _, same_corners = random_patches(images, count=4, size=5, seed=7)
+    assert torch.equal(again, crops) and torch.equal(same_corners, corners)
+    _, _, other = random_patches(images, count=4, size=5, seed=8)
+    assert not torch.equal(other, corners)
+    with pytest.raises(SourceError, match="patches of 11×11 do not fit in 10×12 images"):
+        random_patches(images, count=1, size=11, seed=0)
