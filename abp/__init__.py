@@ -24,7 +24,14 @@ from abp.models import (
     build_generator,
     face_generator,
 )
-from abp.observe import Identity, LocalAverage, Mask, Observation, Projection
+from abp.observe import (
+    Identity,
+    LocalAverage,
+    Mask,
+    Observation,
+    Projection,
+    SeededProjections,
+)
 from abp.train import ABPConfig, ABPTrainer, Checkpointer, ExecutionConfig, LatentBank
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "Mask",
     "Observation",
     "Projection",
+    "SeededProjections",
     "TextureGenerator",
     "VideoGenerator",
     "build_generator",

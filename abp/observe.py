@@ -7,6 +7,8 @@ occluded or compressed data is the same code with a different operator:
 - `Mask`: y = m ⊙ x with a 0/1 mask of observed entries (occluded data). Hidden entries of y
   have no influence at all: the residual is m ⊙ (y − x).
 - `Projection`: y = A · vec(x) with a matrix A (compressed measurements).
+- `SeededProjections`: y_i = A_i · vec(x_i), each example its own Gaussian A_i, drawn from
+  a seed of its own (stored as seeds, never as matrices).
 - `LocalAverage`: y = means over non-overlapping k×k blocks (local averaging).
 
 An operator that differs per example (a per-example mask) is restricted to a batch with
@@ -140,6 +142,86 @@ class Projection(Observation):
 
     def to(self, device: torch.device | str) -> Projection:
         return Projection(self.matrix.to(device))
+
+
+SEED_MULTIPLIER = 0x9E3779B97F4A7C1  # odd, below 2⁶² (from the golden ratio)
+
+
+class SeededProjections(Observation):
+    """Compressed measurements with a matrix of each example's own: y_i = A_i · vec(x_i),
+    A_i of shape (M, D) with entries N(0, 1/M), drawn as Projection.gaussian draws it from
+    the example's seed. Measured through one shared A, every signal's part in null(A) is
+    invisible to every method; with matrices that differ by example, each direction is seen
+    in some examples.
+
+    The seeds are what is stored; the matrices are drawn from them on first use, all at
+    once on the operator's device, and a batch's operator (`select`) takes their rows. Dense
+    (M, D) matrices per example are meant for small signals (digits: 16 × 64 floats each at
+    ratio 0.25, 7 MB for all 1797)."""
+
+    def __init__(
+        self,
+        seeds: torch.Tensor,
+        n_measurements: int,
+        size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if seeds.dim() != 1 or seeds.dtype != torch.int64:
+            raise ValueError(
+                f"seeds must be a 1-D int64 tensor; got {seeds.dtype} {tuple(seeds.shape)}"
+            )
+        self.seeds = seeds.cpu()
+        self.n_measurements, self.size = n_measurements, size
+        self.device, self.dtype = torch.device(device), dtype
+        self._matrices: torch.Tensor | None = None
+
+    @staticmethod
+    def seeds_for(seed: int, ids: torch.Tensor) -> torch.Tensor:
+        """Each example's seed from the variant's seed and its example id: distinct for
+        distinct ids, the same in every run."""
+        # An odd multiplier is invertible modulo 2⁶², so distinct ids (below 2⁶²) get
+        # distinct seeds; int64 products wrap modulo 2⁶⁴, which keeps them modulo 2⁶².
+        return (ids.to(torch.int64) * SEED_MULTIPLIER + seed * 2654435761) % 2**62
+
+    @property
+    def matrices(self) -> torch.Tensor:
+        """A_i of every example, (N, M, D), drawn on first use."""
+        if self._matrices is None:
+            drawn = [
+                Projection.gaussian(self.n_measurements, self.size, int(s), self.dtype).matrix
+                for s in self.seeds.tolist()
+            ]
+            empty = torch.empty((0, self.n_measurements, self.size), dtype=self.dtype)
+            self._matrices = (torch.stack(drawn) if drawn else empty).to(self.device)
+        return self._matrices
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) != len(self.seeds):
+            raise ValueError(
+                f"{len(x)} signals for {len(self.seeds)} per-example matrices: select the "
+                "batch's examples first"
+            )
+        return torch.einsum("nmd,nd->nm", self.matrices, x.flatten(1))
+
+    def select(self, index: torch.Tensor) -> SeededProjections:
+        """The batch's operator: rows of the data set's matrices, drawn once for all (a
+        training selects every batch of every epoch)."""
+        chosen = SeededProjections(
+            self.seeds[index.cpu()], self.n_measurements, self.size, self.device, self.dtype
+        )
+        chosen._matrices = self.matrices[index.to(self.device)]
+        return chosen
+
+    def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
+        pinv = torch.linalg.pinv(self.matrices.double()).to(y.dtype)  # (N, D, M)
+        return torch.einsum("ndm,nm->nd", pinv, y).view(-1, *signal_shape)
+
+    def to(self, device: torch.device | str) -> SeededProjections:
+        moved = SeededProjections(self.seeds, self.n_measurements, self.size, device, self.dtype)
+        if self._matrices is not None:
+            moved._matrices = self._matrices.to(device)
+        return moved
 
 
 class LocalAverage(Observation):

@@ -13,7 +13,7 @@ import torch
 
 from abp.langevin import infer, reconstruct
 from abp.models import LinearGenerator
-from abp.observe import Mask, Projection
+from abp.observe import Mask, Projection, SeededProjections
 
 D, d, SIGMA = 8, 3, 0.5
 CHAINS = 2000  # per observation
@@ -131,6 +131,28 @@ def test_projection_matches_posterior_of_the_projected_model():
     z = run_chains(g, y, projection, posteriors[0][2])
     for i, (mean, cov, _) in enumerate(posteriors):
         assert_matches_posterior(z[i * CHAINS : (i + 1) * CHAINS], mean, cov)
+
+
+def test_per_example_projections_match_the_posterior_of_each_examples_own_model():
+    g = make_linear_generator()
+    y_full = two_observations(g)
+    # Seed 2: both posteriors conditioned like the shared projection's (the chains' step
+    # count grows with the worse one's condition number; some seeds need 4× as many).
+    seeds = SeededProjections.seeds_for(2, torch.arange(2))
+    own = SeededProjections(seeds, 5, D, dtype=torch.float64)
+    y = own(y_full)
+    per_chain = SeededProjections(seeds.repeat_interleave(CHAINS), 5, D, dtype=torch.float64)
+    posteriors = [
+        exact_posterior(A @ g.weight.detach(), A @ g.bias.detach(), y_i, SIGMA)
+        for A, y_i in zip(own.matrices, y, strict=True)
+    ]
+    precision = max((p[2] for p in posteriors), key=lambda p: float(torch.linalg.eigvalsh(p).max()))
+    z = run_chains(g, y, per_chain, precision)
+    for i, (mean, cov, _) in enumerate(posteriors):
+        assert_matches_posterior(z[i * CHAINS : (i + 1) * CHAINS], mean, cov)
+    # The two matrices differ, and so do the posteriors: one shared A would miss one of them.
+    assert not torch.allclose(own.matrices[0], own.matrices[1])
+    assert (posteriors[0][1] - posteriors[1][1]).abs().max() > 0.01
 
 
 def test_gradient_descent_without_noise_converges_to_posterior_mean():

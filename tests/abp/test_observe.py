@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from abp.observe import Identity, LocalAverage, Mask, Projection
+from abp.observe import Identity, LocalAverage, Mask, Projection, SeededProjections
 
 
 def test_local_average_is_the_linear_map_of_block_means():
@@ -52,3 +52,27 @@ def test_per_example_mask_selects_the_batch_and_counts_observed_entries():
     assert shared.select(torch.tensor([0, 2])) is shared
     assert float(shared.observed_count(y)) == 8
     assert float(Identity().observed_count(y)) == 8
+
+
+def test_seeded_projections_draw_each_examples_own_gaussian_matrix_from_its_seed():
+    ids = torch.tensor([0, 1, 2, 1000, 2**40])
+    seeds = SeededProjections.seeds_for(7, ids)
+    assert len(set(seeds.tolist())) == 5 and bool((seeds >= 0).all())
+    assert torch.equal(seeds, SeededProjections.seeds_for(7, ids))
+    assert not torch.equal(seeds, SeededProjections.seeds_for(8, ids))
+    op = SeededProjections(seeds, 6, 16)
+    for i, seed in enumerate(seeds.tolist()):
+        assert torch.equal(op.matrices[i], Projection.gaussian(6, 16, seed).matrix)
+    x = torch.randn(5, 1, 4, 4)
+    y = op(x)
+    for i in range(5):
+        torch.testing.assert_close(y[i], op.matrices[i] @ x[i].flatten())
+    # A batch's operator: the rows of the same matrices.
+    index = torch.tensor([3, 0])
+    assert torch.equal(SeededProjections(seeds, 6, 16).select(index).matrices, op.matrices[index])
+    torch.testing.assert_close(op.select(index)(x[index]), y[index])
+    # A⁺y: least norm with A_i x = y_i for each example.
+    recovered = op.pseudo_inverse(y, (1, 4, 4))
+    torch.testing.assert_close(op(recovered), y, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="3 signals for 5 per-example matrices"):
+        op(x[:3])
