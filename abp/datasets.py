@@ -6,7 +6,8 @@ A prepared folder holds `manifest.json` and one `.npy` file per array of each sp
 - `x`, the complete signals, channels first, in [−1, 1]: images and video frames as uint8
   (they come from 8-bit pixels), audio as int16;
 - `mask` (bool, True = observed) for incomplete variants, or `y` (float32 measurements) for
-  indirect ones;
+  indirect ones, with `a_seed` (int64) when each example was measured through its own
+  matrix (the seed it is drawn from);
 - for clips cut from video or audio files, `clip_file` (int64, an index into the manifest's
   `split.files`) and `clip_start` (int64, the clip's first frame or sample in that file),
   which is how anyone can check that no test clip overlaps a training clip;
@@ -426,7 +427,7 @@ def observations(
         mask = tensors["mask"]
         return tensors["x"] * mask, Mask(mask)
     if "y" in tensors:
-        return tensors["y"], operator_from_spec(manifest["operator"])
+        return tensors["y"], operator_from_spec(manifest["operator"], tensors.get("a_seed"))
     return tensors["x"], Identity()
 
 
@@ -440,5 +441,6 @@ def training_examples(
     if "mask" in stored:
         return Occluded(stored["x"], stored["mask"]), Mask(stored["mask"].array)
     if "y" in stored:
-        return stored["y"], operator_from_spec(manifest["operator"])
+        seeds = stored["a_seed"].decoded() if "a_seed" in stored else None
+        return stored["y"], operator_from_spec(manifest["operator"], seeds)
     return stored["x"], Identity()

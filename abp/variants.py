@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from abp import masks
-from abp.observe import LocalAverage, Observation, Projection
+from abp.observe import LocalAverage, Observation, Projection, SeededProjections
 
 
 def signal_kind(x: torch.Tensor) -> str:
@@ -213,15 +213,19 @@ def measurement_spec(
     ratio: float | None = None,
     block: int | None = None,
     seed: int = 0,
+    per_example: bool = False,
 ) -> dict[str, Any]:
-    """The spec of a compression operator for signals shaped like x[0]."""
+    """The spec of a compression operator for signals shaped like x[0]. A per-example
+    Gaussian spec ("gaussian_per_example") needs each example's seed beside it (`a_seed`)."""
     signal_shape = list(x.shape[1:])
     check_measurement(signal_shape, operator=operator, ratio=ratio, block=block)
+    if per_example and operator != "gaussian":
+        raise UnfitSetting("per_example", f"per_example applies to gaussian, not {operator}")
     if operator == "gaussian":
         assert ratio is not None  # check_measurement: gaussian needs a ratio
         n_measurements = max(1, round(ratio * math.prod(signal_shape)))
         return {
-            "kind": "gaussian",
+            "kind": "gaussian_per_example" if per_example else "gaussian",
             "n_measurements": n_measurements,
             "signal_shape": signal_shape,
             "seed": seed,
@@ -230,10 +234,15 @@ def measurement_spec(
     return {"kind": "local_average", "block": block, "n_dims": n_dims, "signal_shape": signal_shape}
 
 
-def operator_from_spec(spec: dict[str, Any]) -> Observation:
-    """Rebuild the operator A that a compressed data set was measured with."""
+def operator_from_spec(spec: dict[str, Any], seeds: torch.Tensor | None = None) -> Observation:
+    """Rebuild the operator A that a compressed data set was measured with (a per-example
+    one from its examples' `seeds`, the split's `a_seed`)."""
     if spec["kind"] == "gaussian":
         return Projection.gaussian(spec["n_measurements"], spec["signal_shape"], seed=spec["seed"])
+    if spec["kind"] == "gaussian_per_example":
+        if seeds is None:
+            raise ValueError("per-example measurements need their examples' seeds (a_seed)")
+        return SeededProjections(seeds, spec["n_measurements"], math.prod(spec["signal_shape"]))
     if spec["kind"] == "local_average":
         return LocalAverage(spec["block"], n_dims=spec["n_dims"])
     raise ValueError(f"unknown operator kind {spec['kind']!r}")
@@ -319,15 +328,29 @@ def measure(
     ratio: float | None = None,
     block: int | None = None,
     seed: int = 0,
+    per_example: bool = False,
 ) -> dict[str, Any]:
     """Compressed measurements y = A·x of every example (in place: each split gets `y`), A
-    fixed by the training signals' shape; returns A's spec (operator_from_spec rebuilds it)."""
+    fixed by the training signals' shape; returns A's spec (operator_from_spec rebuilds it).
+    `per_example` (gaussian): each example its own A_i, drawn from a seed of its own that
+    its split keeps as `a_seed` (SeededProjections.seeds_for the variant's seed and the
+    example's id: its place in the training split, then in the test split after it)."""
     spec = measurement_spec(
-        splits["train"]["x"], operator=operator, ratio=ratio, block=block, seed=seed
+        splits["train"]["x"],
+        operator=operator,
+        ratio=ratio,
+        block=block,
+        seed=seed,
+        per_example=per_example,
     )
-    measured = operator_from_spec(spec)
+    first_id = 0
     for tensors in splits.values():
-        tensors["y"] = measured(tensors["x"])
+        seeds = None
+        if per_example:
+            ids = torch.arange(first_id, first_id + len(tensors["x"]))
+            seeds = tensors["a_seed"] = SeededProjections.seeds_for(seed, ids)
+            first_id += len(ids)
+        tensors["y"] = operator_from_spec(spec, seeds)(tensors["x"])
     return spec
 
 

@@ -269,11 +269,16 @@ class CompressedVariant(Strict):
     ratio: float | None = Field(None, gt=0, lt=1)
     block: int | None = Field(None, ge=2)
     seed: int = 0
+    # gaussian: each example measured through its own matrix, drawn from a seed derived from
+    # the variant's seed and the example's id (kept as seeds, never as matrices).
+    per_example: bool = False
 
     @model_validator(mode="after")
     def _settings(self) -> CompressedVariant:
         if self.operator == "gaussian" and self.ratio is None:
             raise ValueError("operator 'gaussian' needs ratio (measurements per entry)")
+        if self.per_example and self.operator != "gaussian":
+            raise ValueError("per_example: true needs operator 'gaussian'")
         if self.operator == "local_average" and self.block is None:
             raise ValueError("operator 'local_average' needs block (the side of each block)")
         return self

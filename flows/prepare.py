@@ -168,13 +168,15 @@ def frame_rates(clips: Clips, frame_step: int) -> dict[str, Any]:
     return found
 
 
+# Keys added since data sets were first prepared, recorded in a manifest only when set.
+LATER_KEYS = ("transpose", "patches", "per_example")
+
+
 def recorded_settings(cfg) -> dict[str, Any]:
-    """The data set's settings for its manifest. Keys added to images since (transpose,
-    patches) are recorded only when set: data sets prepared before they existed keep
-    byte-identical manifests, so upgrading retrains nothing that depends on them."""
-    if not isinstance(cfg, ImageDataset):
-        return cfg.model_dump()
-    unset = {k for k in ("transpose", "patches") if not getattr(cfg, k)}
+    """The data set's or variant's settings for its manifest. Keys added later (LATER_KEYS)
+    are recorded only when set: what was prepared before they existed keeps byte-identical
+    manifests, so upgrading retrains nothing that depends on it."""
+    unset = {k for k in LATER_KEYS if k in type(cfg).model_fields and not getattr(cfg, k)}
     return cfg.model_dump(exclude=unset or None)
 
 
@@ -319,7 +321,7 @@ def prepare_variant(
         "name": name,
         "base": cfg.base,
         "kind": base["kind"],
-        "variant": cfg.model_dump(),
+        "variant": recorded_settings(cfg),
         "base_inputs": base.get("inputs"),
         **{k: base[k] for k in ("fps", "sample_rate", "split", "padded") if k in base},
     }
@@ -341,7 +343,12 @@ def prepare_variant(
             manifest["coverage_note"] = "hidden counts the base's padding too"
     elif isinstance(cfg, CompressedVariant):
         manifest["operator"] = variants.measure(
-            splits, operator=cfg.operator, ratio=cfg.ratio, block=cfg.block, seed=cfg.seed
+            splits,
+            operator=cfg.operator,
+            ratio=cfg.ratio,
+            block=cfg.block,
+            seed=cfg.seed,
+            per_example=cfg.per_example,
         )
         manifest["measurement_shape"] = list(splits["train"]["y"].shape[1:])
     else:

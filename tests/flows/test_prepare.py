@@ -279,6 +279,39 @@ def prepared_pixels(folder: Path) -> list[bytes]:
     return sorted(p.tobytes() for p in pixels)
 
 
+def test_per_example_measurements_keep_each_examples_seed_and_no_matrix(tmp_path, capsys):
+    write_images(tmp_path / "raw", 10, size=(16, 16), mode="L")
+    dataset = {"kind": "images", "source": str(tmp_path / "raw"), "image_size": 8}
+    own = {"kind": "compressed", "base": "d", "operator": "gaussian", "ratio": 0.25, "seed": 4}
+    params = {"datasets": {"d": dataset}, "variants": {"own": {**own, "per_example": True}}}
+    assert run(tmp_path, params, "d") == 0 and run(tmp_path, params, "own") == 0
+    folder = tmp_path / "prepared" / "own"
+    manifest = read_manifest(folder)
+    assert manifest["operator"]["kind"] == "gaussian_per_example"
+    assert manifest["variant"]["per_example"] is True
+    train, test = read_split(folder, "train"), read_split(folder, "test")
+    seeds = torch.cat([train["a_seed"], test["a_seed"]])
+    assert len(set(seeds.tolist())) == 10  # every example its own matrix
+    for split in (train, test):
+        operator = operator_from_spec(manifest["operator"], split["a_seed"])
+        torch.testing.assert_close(operator(split["x"]), split["y"])
+        assert split["y"].shape[1] == 16  # 0.25 of 64 entries; the matrices are not stored
+    assert set(stored_dtypes(folder)) == {
+        f"{s}.{k}.npy" for s in ("train", "test") for k in ("x", "y", "a_seed")
+    }
+    params["variants"]["avg"] = {
+        "kind": "compressed",
+        "base": "d",
+        "operator": "local_average",
+        "block": 2,
+        "per_example": True,
+    }
+    assert run(tmp_path, params, "avg") == 2
+    assert "variants.avg: Value error, per_example: true needs operator 'gaussian'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_patches_of_images_are_the_examples_and_an_images_patches_stay_on_one_side(tmp_path):
     write_images(tmp_path / "raw", 4, size=(40, 40), mode="L")
     patches = {"count": 5, "size": 16, "seed": 3}

@@ -53,9 +53,16 @@ def workspace(tmp_path, monkeypatch):
                 "pattern": "salt_pepper",
                 "hidden_fraction": 0.5,
                 "block": 3,
-            }
+            },
+            "pics_own": {
+                "kind": "compressed",
+                "base": "pics",
+                "operator": "gaussian",
+                "ratio": 0.25,
+                "per_example": True,
+            },
         },
-        "experiments": {"tiny": EXPERIMENT},
+        "experiments": {"tiny": EXPERIMENT, "own": {**EXPERIMENT, "dataset": "pics_own"}},
     }
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert prepare_main(["pics"]) == 0 and prepare_main(["pics_P50"]) == 0
@@ -171,6 +178,15 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
                     artifact_filter=ArtifactCollectionFilter(key={"any_": [key]})
                 )[0].data
             )
+
+
+def test_per_example_measurements_train_and_evaluate_beside_the_baselines(workspace):
+    assert prepare_main(["pics_own"]) == 0
+    assert train_main(["own"]) == 0 and evaluate_main(["own"]) == 0
+    metrics = json.loads((workspace / "metrics" / "experiments" / "own.json").read_text())
+    for method in ("", "pca_", "trivial_"):
+        for error in ("train_mae", "heldout_mae"):
+            assert 0 < metrics[f"{method}{error}"] < 1, (method, error, metrics)
 
 
 def test_more_epochs_resume_the_checkpoint_into_the_same_run(workspace):
