@@ -175,6 +175,7 @@ class SeededProjections(Observation):
         self.n_measurements, self.size = n_measurements, size
         self.device, self.dtype = torch.device(device), dtype
         self._matrices: torch.Tensor | None = None
+        self._pinv: torch.Tensor | None = None
 
     @staticmethod
     def seeds_for(seed: int, ids: torch.Tensor) -> torch.Tensor:
@@ -214,8 +215,9 @@ class SeededProjections(Observation):
         return chosen
 
     def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:
-        pinv = torch.linalg.pinv(self.matrices.double()).to(y.dtype)  # (N, D, M)
-        return torch.einsum("ndm,nm->nd", pinv, y).view(-1, *signal_shape)
+        if self._pinv is None:  # the PCA baseline's iterations ask for it again and again
+            self._pinv = torch.linalg.pinv(self.matrices.double()).to(self.dtype)  # (N, D, M)
+        return torch.einsum("ndm,nm->nd", self._pinv.to(y.dtype), y).view(-1, *signal_shape)
 
     def to(self, device: torch.device | str) -> SeededProjections:
         moved = SeededProjections(self.seeds, self.n_measurements, self.size, device, self.dtype)
