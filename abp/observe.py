@@ -171,9 +171,10 @@ class SeededProjections(Observation):
             raise ValueError(
                 f"seeds must be a 1-D int64 tensor; got {seeds.dtype} {tuple(seeds.shape)}"
             )
-        self.seeds = seeds.cpu()
-        self.n_measurements, self.size = n_measurements, size
         self.device, self.dtype = torch.device(device), dtype
+        # On the operator's device, so that selecting a batch (device ids) needs no host sync.
+        self.seeds = seeds.to(self.device)
+        self.n_measurements, self.size = n_measurements, size
         self._matrices: torch.Tensor | None = None
         self._pinv: torch.Tensor | None = None
 
@@ -181,20 +182,24 @@ class SeededProjections(Observation):
     def seeds_for(seed: int, ids: torch.Tensor) -> torch.Tensor:
         """Each example's seed from the variant's seed and its example id: distinct for
         distinct ids, the same in every run."""
-        # An odd multiplier is invertible modulo 2⁶², so distinct ids (below 2⁶²) get
-        # distinct seeds; int64 products wrap modulo 2⁶⁴, which keeps them modulo 2⁶².
-        return (ids.to(torch.int64) * SEED_MULTIPLIER + seed * 2654435761) % 2**62
+        # torch's CPU generator seeds its Mersenne Twister from a seed's low 32 bits: an odd
+        # multiplier is invertible modulo 2³², so ids below 2³² get distinct low bits, hence
+        # distinct matrices. (int64 products wrap modulo 2⁶⁴, which keeps every residue.)
+        offset = seed * 2654435761 % 2**62  # a Python int: any seed
+        return (ids.to(torch.int64) * SEED_MULTIPLIER + offset) % 2**62
 
     @property
     def matrices(self) -> torch.Tensor:
         """A_i of every example, (N, M, D), drawn on first use."""
         if self._matrices is None:
-            drawn = [
-                Projection.gaussian(self.n_measurements, self.size, int(s), self.dtype).matrix
-                for s in self.seeds.tolist()
-            ]
-            empty = torch.empty((0, self.n_measurements, self.size), dtype=self.dtype)
-            self._matrices = (torch.stack(drawn) if drawn else empty).to(self.device)
+            matrices = torch.empty(
+                (len(self.seeds), self.n_measurements, self.size), dtype=self.dtype
+            )
+            for i, seed in enumerate(self.seeds.tolist()):  # one host sync, once
+                matrices[i] = Projection.gaussian(
+                    self.n_measurements, self.size, seed, self.dtype
+                ).matrix
+            self._matrices = matrices.to(self.device)
         return self._matrices
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,10 +213,11 @@ class SeededProjections(Observation):
     def select(self, index: torch.Tensor) -> SeededProjections:
         """The batch's operator: rows of the data set's matrices, drawn once for all (a
         training selects every batch of every epoch)."""
+        index = index.to(self.device)
         chosen = SeededProjections(
-            self.seeds[index.cpu()], self.n_measurements, self.size, self.device, self.dtype
+            self.seeds[index], self.n_measurements, self.size, self.device, self.dtype
         )
-        chosen._matrices = self.matrices[index.to(self.device)]
+        chosen._matrices = self.matrices[index]
         return chosen
 
     def pseudo_inverse(self, y: torch.Tensor, signal_shape: Sequence[int]) -> torch.Tensor:

@@ -52,7 +52,7 @@ from abp.files import atomic_path
 from abp.graphs import CUDAGraphed
 from abp.langevin import infer
 from abp.models import Generator
-from abp.observe import Identity, Mask, Observation
+from abp.observe import Identity, Mask, Observation, SeededProjections
 from abp.settings import as_dict, check_fields
 
 CHECKPOINT_FORMAT = 1
@@ -251,8 +251,12 @@ class ABPTrainer:
         (`self.examples`, a Prefetcher, and staging buffers on CUDA)."""
         example_shape = tuple(examples.rows(torch.arange(1)).shape[1:])
         per_example = isinstance(observation, Mask) and observation.per_example
+        # Each example's own matrix (M×D floats: D times its M measurements) goes along too.
+        projections = isinstance(observation, SeededProjections)
         if on_device is None:  # a per-example mask goes along, as float32 too
             arrays = 2 if per_example else 1
+            if isinstance(observation, SeededProjections):
+                arrays = 1 + observation.size
             on_device = fits_on_device(self.n_examples * arrays, example_shape, self.device)
         self.data_on_device = on_device
         self.data: torch.Tensor | None = None
@@ -262,12 +266,15 @@ class ABPTrainer:
             self.observation = observation.to(self.device)
             return
         self.examples = examples
-        # A per-example operator (masks) stays with the data; a shared one goes to the device.
-        self.observation = observation if per_example else observation.to(self.device)
+        # A per-example operator (masks, matrices) stays with the data and is selected with
+        # each batch on the host; a shared one goes to the device.
+        own = per_example or projections
+        self.observation = observation if own else observation.to(self.device)
         self.prefetch: Prefetcher[tuple[torch.Tensor, Observation]] = Prefetcher(self._host_batch)
         self._staged: tuple[torch.Tensor, Observation] | None = None
         self._staging: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        if self.device.type == "cuda":
+        # Per-example matrices are moved with each batch (`_staged`), not into fixed buffers.
+        if self.device.type == "cuda" and not projections:
             # Fixed buffers the batches are copied into: what a CUDA graph reads. Rank 0's
             # share of a full inference batch is the largest share any batch gives a rank.
             full = self.execution.inference_batch_size or self.config.batch_size
@@ -289,8 +296,18 @@ class ABPTrainer:
     def _make_langevin(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """What runs the Langevin steps for a batch of example ids: eagerly, or replayed
         from CUDA graphs of the very same code."""
-        if self.execution.cuda_graphs and self.device.type == "cuda":
+        projections = isinstance(self.observation, SeededProjections)
+        if self.execution.cuda_graphs and self.device.type == "cuda" and not projections:
             return CUDAGraphed(self.langevin_on, self.noise_rng)
+        if self.execution.cuda_graphs and projections:
+            # A batch's matrices are gathered anew for each batch (new tensors), which a
+            # replayed graph would not see.
+            warnings.warn(
+                "cuda_graphs is on but each example has its own measurement matrix: "
+                "running the Langevin loop without CUDA graphs",
+                stacklevel=3,
+            )
+            return lambda ids: self.langevin_on(ids, self.noise_rng)
         if self.execution.cuda_graphs:
             warnings.warn(
                 f"cuda_graphs is on but training runs on {self.device}: "

@@ -165,20 +165,40 @@ def occlusion_mask(
     )
 
 
+# Per-example matrices are drawn whole for a training (SeededProjections): at most this.
+PER_EXAMPLE_MATRIX_BYTES = 2 * 2**30
+
+
 def check_measurement(
     signal_shape: Sequence[int],
     *,
     operator: str,
     ratio: float | None = None,
     block: int | None = None,
+    per_example: bool = False,
+    n_examples: int = 0,
 ) -> None:
-    """Raise UnfitSetting unless the compression operator can measure signals of this shape."""
+    """Raise UnfitSetting unless the compression operator can measure signals of this shape
+    (and, with `per_example`, unless the matrices of `n_examples` examples fit in memory)."""
     if operator == "gaussian":
         if ratio is None or not 0 < ratio < 1:
             raise UnfitSetting(
                 "ratio", f"a gaussian projection needs a ratio in (0, 1), got {ratio}"
             )
+        size = math.prod(signal_shape)
+        need = n_examples * max(1, round(ratio * size)) * size * 4 if per_example else 0
+        if need > PER_EXAMPLE_MATRIX_BYTES:
+            raise UnfitSetting(
+                "per_example",
+                f"{n_examples} examples of {size} entries, each with its own matrix at ratio "
+                f"{ratio}, need {need / 2**30:.1f} GiB of matrices (a training holds them "
+                f"all; at most {PER_EXAMPLE_MATRIX_BYTES / 2**30:.0f} GiB): per-example "
+                "measurements are for small signals; use fewer examples, a lower ratio or "
+                "one shared matrix",
+            )
         return
+    if per_example:
+        raise UnfitSetting("per_example", f"per_example applies to gaussian, not {operator}")
     if operator != "local_average":
         raise UnfitSetting(
             "operator",
@@ -218,9 +238,9 @@ def measurement_spec(
     """The spec of a compression operator for signals shaped like x[0]. A per-example
     Gaussian spec ("gaussian_per_example") needs each example's seed beside it (`a_seed`)."""
     signal_shape = list(x.shape[1:])
-    check_measurement(signal_shape, operator=operator, ratio=ratio, block=block)
-    if per_example and operator != "gaussian":
-        raise UnfitSetting("per_example", f"per_example applies to gaussian, not {operator}")
+    check_measurement(
+        signal_shape, operator=operator, ratio=ratio, block=block, per_example=per_example
+    )
     if operator == "gaussian":
         assert ratio is not None  # check_measurement: gaussian needs a ratio
         n_measurements = max(1, round(ratio * math.prod(signal_shape)))
@@ -345,12 +365,21 @@ def measure(
     )
     first_id = 0
     for tensors in splits.values():
-        seeds = None
-        if per_example:
-            ids = torch.arange(first_id, first_id + len(tensors["x"]))
-            seeds = tensors["a_seed"] = SeededProjections.seeds_for(seed, ids)
-            first_id += len(ids)
-        tensors["y"] = operator_from_spec(spec, seeds)(tensors["x"])
+        x = tensors["x"]
+        if not per_example:
+            tensors["y"] = operator_from_spec(spec)(x)
+            continue
+        ids = torch.arange(first_id, first_id + len(x))
+        seeds = tensors["a_seed"] = SeededProjections.seeds_for(seed, ids)
+        first_id += len(ids)
+        # In chunks: only a chunk's matrices at a time.
+        tensors["y"] = torch.cat(
+            [
+                operator_from_spec(spec, seeds[part])(x[part])
+                for part in torch.arange(len(x)).split(4096)
+            ]
+            or [torch.empty((0, spec["n_measurements"]))]
+        )
     return spec
 
 

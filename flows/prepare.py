@@ -284,7 +284,12 @@ def check_variant_fits(name: str, cfg, base: dict[str, Any], params_file: Path) 
             )
         elif isinstance(cfg, CompressedVariant):
             variants.check_measurement(
-                shape, operator=cfg.operator, ratio=cfg.ratio, block=cfg.block
+                shape,
+                operator=cfg.operator,
+                ratio=cfg.ratio,
+                block=cfg.block,
+                per_example=cfg.per_example,
+                n_examples=max(base["counts"].values()),
             )
         else:
             variants.check_subsample(shape, frame_step=cfg.frame_step, sample_step=cfg.sample_step)

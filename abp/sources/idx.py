@@ -42,13 +42,17 @@ def is_idx_images(path: Path) -> bool:
 
 def idx_image_files(location: Path) -> list[Path]:
     """The idx image files at `location`: the file itself if it is one, or those under a
-    folder (recursively, sorted by path); [] if there are none."""
+    folder (recursively, sorted by path); [] if there are none. A gzipped file whose
+    unzipped copy lies beside it (torchvision's raw/ folders keep both) is left out: the
+    same images twice would land on both sides of the split."""
     location = Path(location)
     if location.is_file():
         return [location] if is_idx_images(location) else []
     if not location.is_dir():
         return []
-    return sorted(p for p in location.rglob("*") if p.is_file() and is_idx_images(p))
+    found = sorted(p for p in location.rglob("*") if p.is_file() and is_idx_images(p))
+    plain = set(found)
+    return [p for p in found if not (p.suffix.lower() == ".gz" and p.with_suffix("") in plain)]
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -55,14 +55,17 @@ def test_per_example_mask_selects_the_batch_and_counts_observed_entries():
 
 
 def test_seeded_projections_draw_each_examples_own_gaussian_matrix_from_its_seed():
-    ids = torch.tensor([0, 1, 2, 1000, 2**40])
+    ids = torch.tensor([0, 1, 2, 1000, 2**31 + 5])
     seeds = SeededProjections.seeds_for(7, ids)
     assert len(set(seeds.tolist())) == 5 and bool((seeds >= 0).all())
     assert torch.equal(seeds, SeededProjections.seeds_for(7, ids))
     assert not torch.equal(seeds, SeededProjections.seeds_for(8, ids))
+    assert SeededProjections.seeds_for(10**30, ids).dtype == torch.int64  # any variant seed
     op = SeededProjections(seeds, 6, 16)
     for i, seed in enumerate(seeds.tolist()):
         assert torch.equal(op.matrices[i], Projection.gaussian(6, 16, seed).matrix)
+    # Distinct matrices, not only distinct seeds (torch seeds from a seed's low 32 bits).
+    assert all(not torch.equal(op.matrices[i], op.matrices[j]) for i in range(5) for j in range(i))
     x = torch.randn(5, 1, 4, 4)
     y = op(x)
     for i in range(5):

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from abp.observe import LocalAverage, Projection
-from abp.variants import measurement_spec, occlusion_mask, operator_from_spec, subsample
+from abp.variants import (
+    UnfitSetting,
+    check_measurement,
+    measurement_spec,
+    occlusion_mask,
+    operator_from_spec,
+    subsample,
+)
 
 
 def test_occlusion_patterns_fit_their_signal_kinds():
@@ -51,3 +58,13 @@ def test_subsampling_frames_and_samples():
     assert subsample(audio, sample_step=3)[0, 0].tolist() == [0, 3, 6, 9]
     with pytest.raises(ValueError, match="frame_step applies to video"):
         subsample(audio, frame_step=2)
+
+
+def test_per_example_matrices_too_large_to_hold_are_refused_before_any_work():
+    check_measurement((1, 8, 8), operator="gaussian", ratio=0.25, per_example=True, n_examples=1797)
+    with pytest.raises(UnfitSetting, match=r"60000 examples .* need 34\.3 GiB of matrices"):
+        check_measurement(
+            (1, 28, 28), operator="gaussian", ratio=0.25, per_example=True, n_examples=60000
+        )
+    with pytest.raises(UnfitSetting, match="per_example applies to gaussian"):
+        check_measurement((1, 8, 8), operator="local_average", block=2, per_example=True)

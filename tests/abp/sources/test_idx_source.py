@@ -103,3 +103,17 @@ def test_a_damaged_idx_file_is_skipped_and_recorded_or_fails_on_request(tmp_path
         load_idx_images(tmp_path / "labels", size=5, channels=1)
     with pytest.raises(SourceError, match="no idx image files there"):
         load_idx_images(tmp_path / "nowhere", size=5, channels=1)
+
+
+def test_a_gzipped_copy_beside_its_unzipped_file_is_read_once(tmp_path):
+    """torchvision's MNIST/raw keeps train-images-idx3-ubyte and its .gz side by side."""
+    images = digits(4, 0)
+    write_idx(tmp_path / "raw" / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "raw" / "train-images-idx3-ubyte.gz", images, gz=True)
+    write_idx(tmp_path / "raw" / "t10k-images-idx3-ubyte.gz", digits(2, 1), gz=True)
+    assert [p.name for p in idx_image_files(tmp_path)] == [
+        "t10k-images-idx3-ubyte.gz",
+        "train-images-idx3-ubyte",
+    ]
+    x, _, _ = load_idx_images(tmp_path, size=5, channels=1)
+    assert len(x) == 6
