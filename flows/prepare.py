@@ -19,6 +19,7 @@ import argparse
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +78,10 @@ def read_source(
         skipped = []
     else:
         location = bundled_file(bundled) if bundled else Path(cfg.source)
-        if isinstance(cfg, ImageDataset) and idx_image_files(location):
-            source, files, skipped = load_idx_images(
-                location,
-                size=cfg.image_size,
-                channels=cfg.channels,
-                crop=cfg.crop,
-                transpose=cfg.transpose,
-                max_images=cfg.max_examples,
-                on_corrupt=cfg.on_corrupt,
-            )
-            info["split"] = {"by": "example", "note": "idx images, drawn at random"}
-        elif isinstance(cfg, ImageDataset):
-            source, files, skipped = load_image_folder(
+        if isinstance(cfg, ImageDataset):
+            idx = bool(idx_image_files(location))  # idx files are read instead of images
+            load = partial(load_idx_images, transpose=cfg.transpose) if idx else load_image_folder
+            source, files, skipped = load(
                 location,
                 size=cfg.image_size,
                 channels=cfg.channels,
@@ -97,7 +89,11 @@ def read_source(
                 max_images=cfg.max_examples,
                 on_corrupt=cfg.on_corrupt,
             )
-            info["split"] = {"by": "file", "note": "one example per image file, drawn at random"}
+            info["split"] = (
+                {"by": "example", "note": "idx images, drawn at random"}
+                if idx
+                else {"by": "file", "note": "one example per image file, drawn at random"}
+            )
         elif isinstance(cfg, VideoDataset):
             clips = load_video_clips(
                 location,
