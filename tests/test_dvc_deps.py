@@ -44,6 +44,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from flows.stage import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 DVC_YAML = REPO / "dvc.yaml"
 # The project's packages: top-level folders with an __init__.py, importable from the
@@ -92,7 +94,9 @@ def python_entries(words: list[str]) -> list[str]:
             if flag in "mcWX":  # options that take a value: the rest of the word, or the next
                 value = word[i + 1 :] or next(args, "")
                 if flag == "m":
-                    return [f"-m {value}"]
+                    # `python -m flows <stage>` runs flows.<stage> (flows/stage.py), by name.
+                    stage = next(args, "") if value == "flows" else ""
+                    return [f"-m {value}"] + ([f"-m flows.{stage}"] if stage in STAGES else [])
                 if flag == "c":
                     return []
                 break
@@ -449,6 +453,8 @@ def test_the_check_reports_a_listed_module_or_folder_the_stage_never_runs():
         ("PYTHONHASHSEED=0 env python -W ignore -mflows.c 'a b' | tee log", ["-m flows.c"]),
         ("python flows/d.py --x 1\npython -c 'import flows'", ["flows/d.py"]),
         ("dvc repro", []),
+        ("python -m flows train ${key} --models-root models", ["-m flows", "-m flows.train"]),
+        ("python -m flows --help", ["-m flows"]),
     ],
 )
 def test_the_modules_a_cmd_runs_are_read_from_each_python_command(cmd, expected):

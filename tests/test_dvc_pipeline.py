@@ -58,7 +58,7 @@ def dvc(copy: Path, *args: str, runs_stages: bool = True) -> subprocess.Complete
     # dependency), which must not make a stage look changed.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     server = [sys.executable, "-m", "flows.local_server", "--"] if runs_stages else []
-    return subprocess.run(
+    result = subprocess.run(
         [*server, "dvc", *args],
         cwd=copy,
         env=env,
@@ -67,6 +67,10 @@ def dvc(copy: Path, *args: str, runs_stages: bool = True) -> subprocess.Complete
         timeout=600,
         check=False,
     )
+    # Every stage ran in the warm stage runner beside the server (flows/stage.py says so
+    # when one runs in its own process instead).
+    assert "in this process" not in result.stderr, result.stderr[-3000:]
+    return result
 
 
 def git(copy: Path, *args: str) -> str:

@@ -32,6 +32,7 @@ EXPERIMENT = "digits_P50"
 EPOCHS = 30  # seconds of training (10-20 epochs/s): still running when the signal comes
 STOPPED_WITHIN = 20  # seconds for every process of a run to be gone after the signal
 CHECKPOINT = Path("models") / EXPERIMENT / "checkpoints" / "last.pt"
+TRAINING = re.compile(r"-m flows[. ]train\b")
 
 
 def run_env(prefect_home: Path) -> dict[str, str]:
@@ -151,11 +152,12 @@ class Run:
             time.sleep(0.2)
 
     def wait_until_training(self, repo: Path, timeout: float = 150) -> None:
-        """Until a `flows.train` process runs and has written its first checkpoint."""
+        """Until a training runs (`python -m flows.train`, or `python -m flows train`, whose
+        stage `make run`'s stage runner forks) and has written its first checkpoint."""
         self.wait_for(
             "training",
             lambda: (
-                any("flows.train" in c for c in self.commands()) and (repo / CHECKPOINT).is_file()
+                any(TRAINING.search(c) for c in self.commands()) and (repo / CHECKPOINT).is_file()
             ),
             timeout,
         )

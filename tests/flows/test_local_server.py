@@ -64,3 +64,28 @@ def test_sigterm_forwards_sigint_to_the_command_and_waits_for_it():
     out, err = local.communicate(timeout=30)
     assert "child: KeyboardInterrupt" in out  # the command's group got SIGINT, was waited for
     assert local.returncode == 143 and err.strip() == "interrupted (SIGTERM): stopped"
+
+
+def test_the_commands_stages_run_in_a_warm_stage_runner_that_stops_afterwards(tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # no server started
+    show = "import os; print(os.environ['FLOWS_STAGE_RUNNER'])"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.local_server",
+            "--",
+            "sh",
+            "-c",
+            f'{sys.executable} -c "{show}" && {sys.executable} -m flows report --help',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    socket_path, usage = done.stdout.split("\n", 1)
+    assert usage.startswith("usage: report.py")
+    assert "in this process" not in done.stderr  # the runner answered, and took it
+    assert not os.path.exists(socket_path)  # stopped, its temporary folder removed
