@@ -96,6 +96,13 @@ def occlusion_setting(data) -> Setting | None:
 
 
 def compressed_setting(data, params: dict) -> Setting:
+    if data.operator == "gaussian" and getattr(data, "per_example", False):
+        # Each example through its own matrix: beside the shared matrix at the same ratio.
+        return Setting(
+            f"gaussian_{data.ratio:g}_per_example",
+            f"Gaussian {data.ratio:g}, own A per example",
+            (0, data.ratio, 1),
+        )
     if data.operator == "gaussian":
         return Setting(f"gaussian_{data.ratio:g}", f"Gaussian {data.ratio:g}", (0, data.ratio))
     # The key's ratio is 1/block² for every kind of data (sounds average 1-D blocks, but the

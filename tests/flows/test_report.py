@@ -156,6 +156,15 @@ def test_settings_are_named_and_ordered_as_in_the_paper_everywhere(evaluated):
         "pics_M20": {"kind": "occlusion", "base": "pics", "pattern": "square", "side": 20},
         "pics_P70": {**PARAMS["variants"]["pics_P50"], "hidden_fraction": 0.7},
         "pics_avg4": {**PARAMS["variants"]["pics_avg"], "block": 4},
+        # One matrix for all, and each example its own: two columns at one ratio.
+        "pics_g25": {"kind": "compressed", "base": "pics", "operator": "gaussian", "ratio": 0.25},
+        "pics_g25_own": {
+            "kind": "compressed",
+            "base": "pics",
+            "operator": "gaussian",
+            "ratio": 0.25,
+            "per_example": True,
+        },
     }
     params = {
         **PARAMS,
@@ -170,17 +179,28 @@ def test_settings_are_named_and_ordered_as_in_the_paper_everywhere(evaluated):
         "pics_M20": METRICS["pics_P50"],
         "pics_P70": METRICS["pics_P50"],
         "pics_avg4": METRICS["pics_avg"],
+        "pics_g25": METRICS["pics_avg"],
+        "pics_g25_own": METRICS["pics_avg"],
     }
     summary = write_outputs(params, found, evaluated / "reports", evaluated / "metrics")
     # The summary's keys stay as they were: `dvc metrics diff` compares across versions.
     assert set(summary["pics"]["occlusion"]) == {"P50", "P70", "M20"}
-    assert set(summary["pics"]["compressed"]) == {"local_average_0.25", "local_average_0.0625"}
+    assert set(summary["pics"]["compressed"]) == {
+        "gaussian_0.25",
+        "gaussian_0.25_per_example",
+        "local_average_0.25",
+        "local_average_0.0625",
+    }
     assert set(summary["pics"]["reconstruction"]) == {"d4"}
     report = (evaluated / "reports" / "REPORT.md").read_text()
     plots = evaluated / "reports" / "plots"
     for section, labels, experiments in (
         ("occlusion", ["P.5", "P.7", "M20"], "`pics_P50`, `pics_P70`, `pics_M20`"),
-        ("compressed", ["2×2", "4×4"], "`pics_avg`, `pics_avg4`"),
+        (
+            "compressed",
+            ["Gaussian 0.25", "Gaussian 0.25, own A per example", "2×2", "4×4"],
+            "`pics_g25`, `pics_g25_own`, `pics_avg`, `pics_avg4`",
+        ),
         ("reconstruction", ["d = 4"], "`pics`"),
     ):
         table = report[report.index(f"## pics: {SCORES[section][1]}") :]
