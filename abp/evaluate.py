@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import torch
 from annotated_types import Ge, Gt
 
-from abp import datasets
+from abp import datasets, texture_stats
 from abp.baselines import PCA, linear_baseline, pca_size
 from abp.energy import energy
 from abp.langevin import frozen_weights
@@ -264,6 +264,33 @@ def sample_latents(
     weight = next(generator.parameters())
     z = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
     return z.to(weight.device, weight.dtype)
+
+
+def large_texture_latents(generator) -> torch.Tensor:
+    """One latent map 2×3 times the training one's (a texture generator's): the larger
+    texture the evaluation shows and scores."""
+    c, h, w = generator.latent_shape
+    return sample_latents(generator, 1, seed=1, latent_shape=(c, 2 * h, 3 * w))
+
+
+def texture_scores(generator, examples: torch.Tensor, n_samples: int) -> dict[str, float]:
+    """How far a texture generator's syntheses are from its training examples
+    (abp.texture_stats): `n_samples` from the prior at the training size (the samples
+    figure's), one from a latent map 2×3 times the training one's (the large texture's), and
+    the baseline, the examples' own pixels shuffled (their histogram, no structure)."""
+    with torch.no_grad():
+        samples = generator(sample_latents(generator, n_samples)).cpu()
+        large = generator(large_texture_latents(generator)).cpu()
+    examples = examples.cpu()
+    return {
+        "texture_spectrum_distance": texture_stats.spectrum_distance(samples, examples),
+        "texture_spectrum_distance_large": texture_stats.spectrum_distance(large, examples),
+        "shuffled_spectrum_distance": texture_stats.spectrum_distance(
+            texture_stats.shuffled_pixels(examples), examples
+        ),
+        "texture_histogram_distance": texture_stats.histogram_distance(samples, examples),
+        "texture_histogram_distance_large": texture_stats.histogram_distance(large, examples),
+    }
 
 
 @dataclass

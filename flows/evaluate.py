@@ -47,7 +47,14 @@ from prefect.states import Failed
 
 from abp import media
 from abp.datasets import DataError
-from abp.evaluate import device_of, sample_latents, score, what_is_seen
+from abp.evaluate import (
+    device_of,
+    large_texture_latents,
+    sample_latents,
+    score,
+    texture_scores,
+    what_is_seen,
+)
 from abp.files import remove_stale_partials, write_json
 from abp.media import latent_grid, save_png
 from abp.models import load_generator
@@ -120,6 +127,10 @@ def compute_metrics(
             n_steps,
         )
     metrics = scores.metrics
+    if getattr(generator, "kind", None) == "texture":  # does it look like its source?
+        metrics.update(
+            texture_scores(generator, exp.split("train").x, exp.cfg.evaluation.n_samples)
+        )
     logger.info(
         "ABP and the baselines (PCA with d = %d of %d): %.1f s",
         metrics["pca_components"],
@@ -159,9 +170,8 @@ def write_figures(
     if tuple(generator.latent_shape) == (2,):
         paths.append(save_png(latent_grid(generator), figures / "latent_grid.png"))
     if exp.cfg.generator.get("kind") == "texture":  # a larger latent map, a larger texture
-        c, h, w = generator.latent_shape
         with torch.no_grad():
-            large = generator(sample_latents(generator, 1, seed=1, latent_shape=(c, 2 * h, 3 * w)))
+            large = generator(large_texture_latents(generator))
         paths.append(save_png(media.image_grid(large), figures / "large_texture.png"))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = [h["epoch"] for h in history]

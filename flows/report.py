@@ -172,6 +172,10 @@ def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, d
                 size: metrics[size] for size in ("pca_components", "latent_size") if size in metrics
             },
         }
+        if "texture_spectrum_distance" in metrics:
+            entry["texture_spectrum_distance"] = {
+                row: metrics[key] for row, key, _ in TEXTURE_ROWS if key in metrics
+            }
         summary["experiments"][name] = entry
         placed = comparison(name, params, metrics)
         if placed is None:
@@ -182,6 +186,66 @@ def summarise(params: dict, found: dict[str, dict[str, float]]) -> tuple[dict, d
             summary[dataset][section][setting.key] = scores
             sources[f"{dataset}.{section}.{setting.key}"] = (setting, name)
     return json.loads(json.dumps(summary)), sources
+
+
+# Texture syntheses against their training examples (abp.texture_stats): each row's
+# summary key, its spectrum distance's and histogram distance's metrics, and its label.
+TEXTURE_ROWS = (
+    ("samples", "texture_spectrum_distance", "prior samples at the training size"),
+    ("large", "texture_spectrum_distance_large", "from a latent map 2×3 times as large"),
+    ("shuffled", "shuffled_spectrum_distance", "baseline: the examples' pixels shuffled"),
+)
+# A synthesis "looks like" its source when its spectrum is this much closer than noise's.
+TEXTURE_MARGIN = 0.5
+
+
+def texture_section(found: dict[str, dict[str, float]]) -> list[str]:
+    """A table per texture experiment: how far its syntheses' power spectra and grey levels
+    are from its training examples', beside noise with the examples' histogram."""
+    textures = [name for name, m in found.items() if "texture_spectrum_distance" in m]
+    if not textures:
+        return []
+    lines = [
+        "## Textures: do the syntheses look like their source?",
+        "",
+        (
+            "Distances from the training examples (0: the same): the power spectrum's "
+            "total variation (how the energy spreads over spatial frequencies and "
+            "orientations; Welch's estimate over 32×32 tiles, so sizes compare) and the "
+            "pixel values' Wasserstein-1 distance on the [0, 1] scale. The baseline has the "
+            "examples' histogram exactly and none of their structure. A synthesis is taken "
+            f"to look like its source when its spectrum distance is below {TEXTURE_MARGIN:g}× "
+            "the baseline's."
+        ),
+        "",
+    ]
+    for name in textures:
+        metrics = found[name]
+        lines += [f"### {name}", "", "| | spectrum | histogram |", "|---|---|---|"]
+        for _, key, label in TEXTURE_ROWS:
+            histogram = key.replace("spectrum", "histogram")
+            grey = f"{metrics[histogram]:.4f}" if histogram in metrics else "0 (the same pixels)"
+            lines.append(f"| {label} | {metrics[key]:.3f} | {grey} |")
+        lines.append("")
+    return lines
+
+
+def texture_notes(found: dict[str, dict[str, float]]) -> list[str]:
+    notes = []
+    for name, metrics in found.items():
+        if "texture_spectrum_distance" not in metrics:
+            continue
+        baseline = metrics["shuffled_spectrum_distance"]
+        worst = max(
+            metrics["texture_spectrum_distance"], metrics["texture_spectrum_distance_large"]
+        )
+        verdict = "look like" if worst < TEXTURE_MARGIN * baseline else "do not yet look like"
+        notes.append(
+            f"The textures of `{name}` {verdict} their source by the spectrum: at most "
+            f"{worst:.3f} from the training examples (the larger one included), against "
+            f"{baseline:.3f} for their pixels shuffled."
+        )
+    return notes
 
 
 def columns(
@@ -525,7 +589,7 @@ def write_outputs(
     lines += [
         "## Notes computed from the metrics",
         "",
-        *[f"- {note}" for note in computed_notes(params, found)],
+        *[f"- {note}" for note in computed_notes(params, found) + texture_notes(found)],
         "",
     ]
     if notes and notes.strip():
@@ -549,6 +613,7 @@ def write_outputs(
                 + " (figures of each under `experiments/<experiment>/figures/`).",
                 "",
             ]
+    lines += texture_section(found)
     lines += qualitative_section(list(params.get("experiments") or {}), reports_root)
     write_json(metrics_root / "summary.json", summary)
     report = reports_root / "REPORT.md"

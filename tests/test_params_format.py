@@ -89,13 +89,10 @@ def test_setting_every_value_at_once_rewraps_no_line(tmp_path):
         ),
         ("+experiments.faces.abp.sgd_momentum=0.9", ["+      sgd_momentum: 0.9"]),
         (
-            "bundled.textures.image_size=224",
-            [
-                "-    image_size: 112          # 224 in the paper: see the GPU profile in README",
-                "+    image_size: 224          # 224 in the paper: see the GPU profile in README",
-            ],
+            "bundled.brick.image_size=320",
+            ["-    image_size: 160", "+    image_size: 320"],
         ),
-        ("experiments.textures.generator.widths=[128,64,32,16]", ["+      - 128"]),
+        ("experiments.brick.generator.widths=[128,64,32,16]", ["+      - 128"]),
     ],
 )
 def test_the_examples_in_params_yaml_and_readme_change_one_line(tmp_path, override, diff):

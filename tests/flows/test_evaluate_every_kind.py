@@ -11,7 +11,7 @@ import soundfile
 import torch
 
 from abp.datasets import observations
-from abp.evaluate import Split, mean_absolute_error
+from abp.evaluate import Split, mean_absolute_error, texture_scores
 from abp.media import duration_seconds
 from abp.models import build_generator
 from flows.config import ExperimentConfig
@@ -36,6 +36,13 @@ GENERATORS = {
         "stride": 4,
         "channels": 1,
     },  # 1×64 sounds
+    "texture": {
+        "kind": "texture",
+        "latent_channels": 2,
+        "latent_size": 2,
+        "widths": [4],
+        "channels": 1,
+    },  # 1×8×8 textures
 }
 
 
@@ -110,6 +117,23 @@ def test_every_kind_is_scored_against_pca_and_the_trivial_baseline(kind, tmp_pat
             mean_absolute_error(mean, truth), rel=1e-5
         )
     assert list(shown) == ["truth", "ABP", "PCA d=8"]
+    assert not any(key.startswith(("texture_", "shuffled_")) for key in metrics)
+
+
+def test_a_texture_generator_is_scored_on_its_syntheses_beside_shuffled_pixels(tmp_path):
+    exp, generator = experiment("texture", tmp_path)
+    metrics, _ = compute_metrics(exp, generator)
+    texture = texture_scores(generator, exp.splits["train"]["x"], n_samples=2)
+    assert texture == {k: metrics[k] for k in texture}  # the figures' samples and large map
+    assert set(texture) == {
+        "texture_spectrum_distance",
+        "texture_spectrum_distance_large",
+        "shuffled_spectrum_distance",
+        "texture_histogram_distance",
+        "texture_histogram_distance_large",
+    }
+    assert all(math.isfinite(v) and v >= 0 for v in texture.values())
+    assert texture["shuffled_spectrum_distance"] > 0
 
 
 def test_occluded_sound_keeps_what_is_heard_and_fills_the_gaps(tmp_path):

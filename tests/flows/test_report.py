@@ -297,3 +297,47 @@ def test_the_command_reads_the_metrics_folder_and_prints_the_users_notes(evaluat
     assert "## Notes from params.yaml\n\nTried σ = 0.1 on faces: no better.\n" in report
     summary = json.loads((evaluated / "metrics" / "summary.json").read_text())
     assert set(summary["experiments"]) == set(METRICS)
+
+
+TEXTURE = {  # as flows.evaluate writes a texture experiment's (abp.texture_stats)
+    "texture_spectrum_distance": 0.2,
+    "texture_spectrum_distance_large": 0.25,
+    "shuffled_spectrum_distance": 0.8,
+    "texture_histogram_distance": 0.03,
+    "texture_histogram_distance_large": 0.04,
+}
+
+
+def test_texture_syntheses_stand_beside_noise_with_their_sources_histogram(evaluated):
+    params = {
+        **PARAMS,
+        "experiments": {
+            **PARAMS["experiments"],
+            "wall": experiment("pics", {"kind": "texture", "latent_channels": 2}),
+        },
+    }
+    found = {**METRICS, "wall": {**METRICS["clips"], **TEXTURE}}
+    summary = write_outputs(params, found, evaluated / "reports", evaluated / "metrics")
+    assert summary["experiments"]["wall"]["texture_spectrum_distance"] == {
+        "samples": 0.2,
+        "large": 0.25,
+        "shuffled": 0.8,
+    }
+    assert "texture_spectrum_distance" not in summary["experiments"]["pics"]
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    table = report[report.index("### wall\n\n| | spectrum | histogram |") :].split("\n")
+    assert table[4:7] == [
+        "| prior samples at the training size | 0.200 | 0.0300 |",
+        "| from a latent map 2×3 times as large | 0.250 | 0.0400 |",
+        "| baseline: the examples' pixels shuffled | 0.800 | 0 (the same pixels) |",
+    ]
+    assert (
+        "The textures of `wall` look like their source by the spectrum: at most 0.250 from "
+        "the training examples (the larger one included), against 0.800 for their pixels "
+        "shuffled." in report
+    )
+    # The larger texture alone above half the baseline's distance: the note says so.
+    found["wall"] = {**found["wall"], "texture_spectrum_distance_large": 0.45}
+    write_outputs(params, found, evaluated / "reports", evaluated / "metrics")
+    report = (evaluated / "reports" / "REPORT.md").read_text()
+    assert "The textures of `wall` do not yet look like their source by the spectrum" in report
