@@ -44,9 +44,13 @@ def power_spectrum(images: torch.Tensor, size: int = TILE) -> torch.Tensor:
     x = tiles(images.double(), size)
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     n = x.shape[-1]
-    window = torch.hann_window(n, periodic=False, dtype=x.dtype)
+    window = torch.hann_window(n, periodic=True, dtype=x.dtype)  # as Welch's method uses
     x = x * (window[:, None] * window[None, :])
     power = torch.fft.rfft2(x).abs().square().mean(dim=(0, 1))
+    # rfft2 keeps half the plane: every column but the first (and the last, for an even n)
+    # stands for itself and its mirror image, so it counts twice, or vertical structure
+    # would weigh half as much as horizontal.
+    power[..., 1 : (n + 1) // 2] *= 2
     total = power.sum()
     if not torch.isfinite(total) or total <= 0:  # a flat image has no spectrum to compare
         return torch.full_like(power, 1.0 / power.numel())
@@ -62,7 +66,7 @@ def spectrum_distance(synthesis: torch.Tensor, source: torch.Tensor, size: int =
 
 def histogram_distance(synthesis: torch.Tensor, source: torch.Tensor) -> float:
     """Wasserstein-1 distance between the pixel values of the two, on the [0, 1] scale."""
-    levels = torch.linspace(0, 1, QUANTILES, dtype=torch.float64)
+    levels = (torch.arange(QUANTILES, dtype=torch.float64) + 0.5) / QUANTILES  # midpoints
     a = torch.quantile(synthesis.double().flatten()[: 2**24], levels)
     b = torch.quantile(source.double().flatten()[: 2**24], levels)
     return float((a - b).abs().mean() / 2)  # signals in [−1, 1]: half is the [0, 1] scale

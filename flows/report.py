@@ -223,6 +223,8 @@ def texture_section(found: dict[str, dict[str, float]]) -> list[str]:
         metrics = found[name]
         lines += [f"### {name}", "", "| | spectrum | histogram |", "|---|---|---|"]
         for _, key, label in TEXTURE_ROWS:
+            if key not in metrics:
+                continue
             histogram = key.replace("spectrum", "histogram")
             grey = f"{metrics[histogram]:.4f}" if histogram in metrics else "0 (the same pixels)"
             lines.append(f"| {label} | {metrics[key]:.3f} | {grey} |")
@@ -235,10 +237,11 @@ def texture_notes(found: dict[str, dict[str, float]]) -> list[str]:
     for name, metrics in found.items():
         if "texture_spectrum_distance" not in metrics:
             continue
-        baseline = metrics["shuffled_spectrum_distance"]
-        worst = max(
-            metrics["texture_spectrum_distance"], metrics["texture_spectrum_distance_large"]
-        )
+        baseline = metrics.get("shuffled_spectrum_distance")
+        if baseline is None:
+            continue
+        # The samples', and the larger texture's where there is one.
+        worst = max(metrics[key] for _, key, _ in TEXTURE_ROWS[:2] if key in metrics)
         verdict = "look like" if worst < TEXTURE_MARGIN * baseline else "do not yet look like"
         notes.append(
             f"The textures of `{name}` {verdict} their source by the spectrum: at most "

@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -59,6 +60,10 @@ STAGE_MODULES = ("flows.prepare", "flows.train", "flows.evaluate", "flows.report
 PER_COMMAND_ENV = frozenset({"PWD", "OLDPWD", "SHLVL", "_", RUNNER_ENV})
 PER_COMMAND_PREFIXES = ("DVC_",)
 STD_STREAMS = ("stdin", "stdout", "stderr")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+# A stage sent SIGTERM (its client gone, the runner stopping) is killed this much later:
+# less than flows.local_server waits for the runner itself, which then kills the runner.
+STOP_SECONDS = 10
 
 
 def preload() -> None:
@@ -128,6 +133,10 @@ class Runner:
         self.unset_by_imports = set(self.env) - set(os.environ)
         self.files = project_files(self.root)
         self.children: dict[int, socket.socket | None] = {}  # pid -> its client's socket
+        # pid -> when its group gets SIGKILL: a stage whose client is gone was sent SIGTERM,
+        # which a stage already stopping (after Ctrl-C) ignores; as when it ran in DVC's
+        # process group, it is killed STOP_SECONDS later.
+        self.kill_at: dict[int, float] = {}
         self.selector = selectors.DefaultSelector()
         self.wake_read, self.wake_write = os.pipe()
 
@@ -141,7 +150,7 @@ class Runner:
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self.wake_read, selectors.EVENT_READ)
         while True:
-            for key, _ in self.selector.select():
+            for key, _ in self.selector.select(timeout=self.next_kill()):
                 if key.fileobj is self.listener:
                     self.accept()
                 elif key.fileobj == self.wake_read:
@@ -150,39 +159,52 @@ class Runner:
                 else:
                     self.client_gone(key.fileobj)
             self.reap()
+            self.kill_overdue()
 
     def accept(self) -> None:
+        """Take one request: refuse it, or fork its stage. A request that goes wrong (its
+        client gone, a malformed message, fork failing) is dropped; the runner goes on."""
         try:
             conn, _ = self.listener.accept()
-            conn.settimeout(30)
-            request, fds = receive_message(conn, max_fds=len(STD_STREAMS))
         except OSError:
             return
-        if request is None or len(fds) != len(STD_STREAMS):
-            for fd in fds:
-                os.close(fd)
+        fds: list[int] = []
+        try:
+            conn.settimeout(10)
+            request, fds = receive_message(conn, max_fds=len(STD_STREAMS))
+            if request is None or len(fds) != len(STD_STREAMS):
+                raise ValueError("an incomplete request")
+            reason = self.refusal(request)
+            if reason is not None:
+                _send_quietly(conn, {"refused": reason})
+                raise ValueError(reason)
+            if _peer_gone(conn):  # it gave up waiting (timeout, Ctrl-C): run nothing for it
+                raise ValueError("the client left")
+            self.fork_stage(conn, request, fds)
+        except Exception:  # noqa: BLE001 - one bad request must not stop the others' runner
             conn.close()
-            return
-        reason = self.refusal(request)
-        if reason is not None:
-            for fd in fds:
-                os.close(fd)
-            _send_quietly(conn, {"refused": reason})
-            conn.close()
-            return
+        finally:
+            # A forked stage leaves through here too (SystemExit), its copies already moved.
+            if os.getpid() == self.pid:
+                for fd in fds:
+                    os.close(fd)
+
+    def fork_stage(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # A stop signal the client forwards as soon as it hears of the child must not find
+        # the runner's handlers there: held until the child's own are in place.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            self.become_stage(conn, request, fds)  # never returns
+            self.become_stage(conn, request, fds, mask)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         try:
             # As the child does: whichever comes first, the group exists before the client
             # hears of the child (and may signal it).
             os.setpgid(pid, pid)
         except OSError:
             pass
-        for fd in fds:
-            os.close(fd)
         self.children[pid] = conn
         if _send_quietly(conn, {"pid": pid}):
             self.selector.register(conn, selectors.EVENT_READ)
@@ -211,16 +233,37 @@ class Runner:
         return None
 
     def client_gone(self, conn) -> None:
-        """The client closed its end (it was killed, or it ended): stop its stage."""
-        self.selector.unregister(conn)
+        """The client closed its end (it was killed, or it ended): stop its stage, SIGTERM
+        now and SIGKILL STOP_SECONDS later if it is still there."""
+        if self._registered(conn):
+            self.selector.unregister(conn)
         conn.close()
         for pid, client in self.children.items():
             if client is conn:
                 self.children[pid] = None
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                self.kill_at[pid] = time.monotonic() + STOP_SECONDS
+                _signal_group(pid, signal.SIGTERM)
+
+    def _registered(self, conn) -> bool:
+        try:
+            self.selector.get_key(conn)
+        except KeyError:
+            return False
+        return True
+
+    def next_kill(self) -> float | None:
+        if not self.kill_at:
+            return None
+        return max(min(self.kill_at.values()) - time.monotonic(), 0)
+
+    def kill_overdue(self) -> None:
+        now = time.monotonic()
+        for pid, deadline in list(self.kill_at.items()):
+            if pid not in self.children:
+                del self.kill_at[pid]
+            elif now >= deadline:
+                _signal_group(pid, signal.SIGKILL)
+                del self.kill_at[pid]
 
     def reap(self) -> None:
         while self.children:
@@ -231,54 +274,74 @@ class Runner:
             if pid == 0:
                 return
             conn = self.children.pop(pid, None)
+            self.kill_at.pop(pid, None)
             if conn is not None:
-                self.selector.unregister(conn)
+                if self._registered(conn):
+                    self.selector.unregister(conn)
                 _send_quietly(conn, {"status": status})
                 conn.close()
 
     def stop_children(self) -> None:
+        """The runner is stopping: SIGTERM to every stage's group, and SIGKILL to what is
+        left after STOP_SECONDS (a stage already stopping ignores SIGTERM)."""
+        deadline = time.monotonic() + STOP_SECONDS
         for pid in self.children:
+            _signal_group(pid, signal.SIGTERM)
+        while self.children and time.monotonic() < deadline:
             try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                self.children.pop(pid, None)
+            else:
+                time.sleep(0.05)
+        for pid in self.children:
+            _signal_group(pid, signal.SIGKILL)
 
     # --- in the child ---------------------------------------------------------------------
 
-    def become_stage(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+    def become_stage(
+        self, conn: socket.socket, request: dict, fds: list[int], mask: set[int]
+    ) -> None:
         """Turn this forked child into the stage the request asks for; exits the process
         through the interpreter's normal exit, never returns."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a fresh Python's
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        for name in request.get("ignored_signals", []):
-            signal.signal(signal.Signals[name], signal.SIG_IGN)
         try:
-            os.setpgid(0, 0)
-        except OSError:
-            pass
-        self.selector.close()
-        for sock in [self.listener, conn, *filter(None, self.children.values())]:
-            sock.close()
-        os.close(self.wake_read)
-        os.close(self.wake_write)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        _reopen_std_streams(unbuffered=bool(request.get("unbuffered")))
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        os.environ.update(self.set_by_imports)
-        for key in self.unset_by_imports:
-            os.environ.pop(key, None)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a fresh Python's
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            for name in request.get("ignored_signals", []):
+                signal.signal(signal.Signals[name], signal.SIG_IGN)
+            try:
+                os.setpgid(0, 0)
+            except OSError:
+                pass
+            self.selector.close()
+            for sock in [self.listener, conn, *filter(None, self.children.values())]:
+                sock.close()
+            os.close(self.wake_read)
+            os.close(self.wake_write)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            _reopen_std_streams(unbuffered=bool(request.get("unbuffered")))
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os.environ.update(self.set_by_imports)
+            for key in self.unset_by_imports:
+                os.environ.pop(key, None)
+        except BaseException:  # noqa: BLE001 - the stage never started: only say why
+            traceback.print_exc()
+            os._exit(1)
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # what came meanwhile arrives
             code = run_in_this_process(request["module"], list(request["args"]))
         except SystemExit:
             raise
-        except KeyboardInterrupt:
-            traceback.print_exc()
+        except KeyboardInterrupt:  # Ctrl-C before the stage's own handling began
+            print("interrupted (SIGINT): stopped", file=sys.stderr)
             raise SystemExit(128 + signal.SIGINT) from None
         except BaseException:  # noqa: BLE001 - any error ends the stage, as at Python's top level
             # Printed as Python's top level would; exits 1 by SystemExit, which the
@@ -286,6 +349,27 @@ class Runner:
             sys.excepthook(*sys.exc_info())
             raise SystemExit(1) from None
         raise SystemExit(code)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """Whether the client has closed its end (nothing more to read, at end of stream)."""
+    timeout = conn.gettimeout()
+    conn.setblocking(False)  # a socket with a timeout would wait for data first
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        conn.settimeout(timeout)
 
 
 def _drain(fd: int) -> bool:

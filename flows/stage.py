@@ -67,18 +67,21 @@ def receive_message(
         header, fds, _, _ = socket.recv_fds(sock, _HEADER.size, max_fds)
     else:
         header, fds = sock.recv(_HEADER.size), []
-    header += _receive_exactly(sock, _HEADER.size - len(header)) if header else b""
-    if len(header) < _HEADER.size:
+    try:
+        header += _receive_exactly(sock, _HEADER.size - len(header)) if header else b""
+        if len(header) < _HEADER.size:
+            raise EOFError
+        (size,) = _HEADER.unpack(header)
+        payload = _receive_exactly(sock, size)
+        if len(payload) < size:
+            raise EOFError
+        return json.loads(payload), fds
+    except BaseException as error:  # the descriptors that came are ours to close
         for fd in fds:
             os.close(fd)
-        return None, []
-    (size,) = _HEADER.unpack(header)
-    payload = _receive_exactly(sock, size)
-    if len(payload) < size:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    return json.loads(payload), fds
+        if isinstance(error, EOFError):
+            return None, []
+        raise
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
@@ -106,10 +109,52 @@ def run_in_this_process(module: str, args: list[str]) -> int:
     return 0
 
 
+class _Forwarder:
+    """Our stop signals, for the child's process group: held until the runner has said which
+    (it may be importing for seconds), then sent. A second one before that gives up."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.pending: list[int] = []
+        self.previous = {
+            sig: signal.getsignal(sig)
+            for sig in FORWARDED
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
+        for sig in self.previous:
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.pid is not None:
+            _signal_group(self.pid, signum)
+        elif self.pending:
+            raise KeyboardInterrupt
+        else:
+            self.pending.append(signum)
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        for signum in self.pending:
+            _signal_group(pid, signum)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def run_in_runner(path: str, module: str, args: list[str]) -> int | str:
     """Have the runner at `path` run `module` with `args`; return its exit status, or why it
-    did not (a string: then nothing ran)."""
+    did not (a string: then nothing ran; a stop signal before the runner answered makes it
+    128 + the signal instead)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    forwarder = _Forwarder()
     try:
         sock.settimeout(ANSWER_SECONDS)
         try:
@@ -126,29 +171,25 @@ def run_in_runner(path: str, module: str, args: list[str]) -> int | str:
             send_message(sock, request, [0, 1, 2])
             answer, _ = receive_message(sock)
         except OSError as error:
-            return f"the stage runner at {path} did not answer ({error})"
-        if answer is None:
-            return f"the stage runner at {path} closed the connection"
-        if "refused" in answer:
+            answer = {"refused": f"the stage runner at {path} did not answer ({error})"}
+        if answer is None or "refused" in answer:
+            if forwarder.pending:  # asked to stop, and nothing started: stop here
+                name = signal.Signals(forwarder.pending[0]).name
+                print(f"interrupted ({name}): stopped", file=sys.stderr)
+                return 128 + forwarder.pending[0]
+            if answer is None:
+                return f"the stage runner at {path} closed the connection"
             return str(answer["refused"])
+        forwarder.started(int(answer["pid"]))
         sock.settimeout(None)
-        return _wait_for_child(sock, int(answer["pid"]))
+        return _wait_for_child(sock)
     finally:
+        forwarder.restore()
         sock.close()
 
 
-def _wait_for_child(sock: socket.socket, pid: int) -> int:
-    """Forward our stop signals to the child's group until the runner reports its status."""
-
-    def forward(signum: int, frame: object) -> None:
-        try:
-            os.killpg(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, forward)
+def _wait_for_child(sock: socket.socket) -> int:
+    """Until the runner reports the child's status (our stop signals go on to it)."""
     answer, _ = receive_message(sock)
     if answer is None:  # the runner died; its children got SIGTERM (parent-death signal)
         print("flows: the stage runner stopped before the stage ended", file=sys.stderr)

@@ -30,11 +30,13 @@ def main():
     print("env", os.environ.get("DVC_STAGE"), os.getcwd(), flush=True)
     print("ids", os.getpid(), os.getpgid(0), os.getppid(), flush=True)
     print("to stderr", file=sys.stderr, flush=True)
-    if sys.argv[1] == "sleep":
+    if sys.argv[1] in ("sleep", "stubborn"):
         try:
             time.sleep(60)
         finally:
             print("cleaned up", flush=True)
+            if sys.argv[1] == "stubborn":  # a clean-up that hangs: only SIGKILL ends it
+                time.sleep(60)
     return int(sys.argv[2])
 
 if __name__ == "__main__":
@@ -217,3 +219,34 @@ def test_a_stopped_runner_stops_its_stages_and_removes_its_socket(tmp_path):
     run.wait(timeout=30)
     assert run.returncode == 128 + signal.SIGTERM
     assert "cleaned up" in run.stdout.read()
+
+
+def test_a_stage_stuck_in_its_clean_up_is_killed_once_its_client_is_gone(runner):
+    run = client(runner, "stubborn", "0")
+    for _ in range(2):
+        run.stdout.readline()
+    pid = ids(run.stdout.readline())[0]
+    run.send_signal(signal.SIGINT)  # the stage starts cleaning up, and hangs there
+    assert run.stdout.readline() == "cleaned up\n"
+    run.kill()  # as flows.local_server kills DVC's group STOP_SECONDS after Ctrl-C
+    run.wait(timeout=10)
+    assert not gone(pid, within=5)  # SIGTERM: ignored by a stage already stopping
+    assert gone(pid, within=15)  # SIGKILL, STOP_SECONDS after its client went
+
+
+def test_ctrl_c_while_the_runner_is_still_importing_reaches_the_stage(tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
+    process, path = start_runner(tmp_path, env)
+    try:
+        run = client((process, path, tmp_path, env), "sleep", "0")
+        time.sleep(1)  # connected, its request sent; the runner imports for seconds more
+        assert process.poll() is None and run.poll() is None
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "interrupted (SIGINT): stopped"
+        assert "Traceback" not in err
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
