@@ -126,6 +126,7 @@ class _Forwarder:
 
     def handle(self, signum: int, frame: object) -> None:
         if self.pid is not None:
+            self.pending.append(signum)
             _signal_group(self.pid, signum)
         elif self.pending:
             raise KeyboardInterrupt
@@ -182,7 +183,10 @@ def run_in_runner(path: str, module: str, args: list[str]) -> int | str:
             return str(answer["refused"])
         forwarder.started(int(answer["pid"]))
         sock.settimeout(None)
-        return _wait_for_child(sock)
+        code = _wait_for_child(sock)
+        # A stop signal that came as the stage was ending still says the command was
+        # stopped (as flows.process.run_command's exit does): DVC must not go on.
+        return 128 + forwarder.pending[0] if code == 0 and forwarder.pending else code
     finally:
         forwarder.restore()
         sock.close()

@@ -28,15 +28,18 @@ from flows.process import run_command
 def main():
     print("argv", sys.argv[1:], flush=True)
     print("env", os.environ.get("DVC_STAGE"), os.getcwd(), flush=True)
-    print("ids", os.getpid(), os.getpgid(0), os.getppid(), flush=True)
     print("to stderr", file=sys.stderr, flush=True)
+    ids = ("ids", os.getpid(), os.getpgid(0), os.getppid())
     if sys.argv[1] in ("sleep", "stubborn"):
         try:
+            print(*ids, flush=True)  # once a test has read this, a signal finds the try
             time.sleep(60)
         finally:
             print("cleaned up", flush=True)
             if sys.argv[1] == "stubborn":  # a clean-up that hangs: only SIGKILL ends it
                 time.sleep(60)
+    else:
+        print(*ids, flush=True)
     return int(sys.argv[2])
 
 if __name__ == "__main__":
@@ -208,17 +211,21 @@ def test_a_stopped_runner_stops_its_stages_and_removes_its_socket(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
     process, path = start_runner(tmp_path, env)
-    run = client((process, path, tmp_path, env), "sleep", "0")
-    for _ in range(2):
-        run.stdout.readline()
-    pid = ids(run.stdout.readline())[0]
-    process.terminate()
-    assert process.wait(timeout=30) == 128 + signal.SIGTERM
-    assert gone(pid)
-    assert not os.path.exists(path)
-    run.wait(timeout=30)
-    assert run.returncode == 128 + signal.SIGTERM
-    assert "cleaned up" in run.stdout.read()
+    try:
+        run = client((process, path, tmp_path, env), "sleep", "0")
+        for _ in range(2):
+            run.stdout.readline()
+        pid = ids(run.stdout.readline())[0]
+        process.terminate()
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+        assert gone(pid)
+        assert not os.path.exists(path)
+        run.wait(timeout=30)
+        assert run.returncode == 128 + signal.SIGTERM
+        assert "cleaned up" in run.stdout.read()
+    finally:
+        process.kill()  # whatever failed above: no runner left behind
+        process.wait(timeout=30)
 
 
 def test_a_stage_stuck_in_its_clean_up_is_killed_once_its_client_is_gone(runner):
@@ -248,5 +255,5 @@ def test_ctrl_c_while_the_runner_is_still_importing_reaches_the_stage(tmp_path):
         assert err.strip().splitlines()[-1] == "interrupted (SIGINT): stopped"
         assert "Traceback" not in err
     finally:
-        process.terminate()
+        process.kill()
         process.wait(timeout=30)
