@@ -41,7 +41,13 @@ import time
 import traceback
 from pathlib import Path
 
-from flows.stage import RUNNER_ENV, receive_message, run_in_this_process, send_message
+from flows.stage import (
+    RUNNER_ENV,
+    _signal_group,
+    receive_message,
+    run_in_this_process,
+    send_message,
+)
 
 # What the stages import (their modules, torch's compiler stack that Adam's first step
 # imports, MLflow's database store): ~7 s a stage otherwise.
@@ -349,13 +355,6 @@ class Runner:
             sys.excepthook(*sys.exc_info())
             raise SystemExit(1) from None
         raise SystemExit(code)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _peer_gone(conn: socket.socket) -> bool:

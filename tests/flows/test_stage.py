@@ -69,12 +69,17 @@ def start_runner(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, s
     return runner, path
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runner")
+def probe_runner(folder: Path) -> tuple[subprocess.Popen, str, Path, dict[str, str]]:
+    """A runner in `folder`, beside the probe stage: (process, socket, folder, env)."""
     (folder / "probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
     process, path = start_runner(folder, env)
+    return process, path, folder, env
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    process, path, folder, env = probe_runner(tmp_path_factory.mktemp("runner"))
     yield process, path, folder, env
     process.terminate()
     process.wait(timeout=30)
@@ -208,11 +213,10 @@ def test_without_a_runner_the_stage_runs_in_the_command_itself(tmp_path):
 
 
 def test_a_stopped_runner_stops_its_stages_and_removes_its_socket(tmp_path):
-    (tmp_path / "probe.py").write_text(PROBE)
-    env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
-    process, path = start_runner(tmp_path, env)
+    own = probe_runner(tmp_path)
+    process, path = own[:2]
     try:
-        run = client((process, path, tmp_path, env), "sleep", "0")
+        run = client(own, "sleep", "0")
         for _ in range(2):
             run.stdout.readline()
         pid = ids(run.stdout.readline())[0]
@@ -242,11 +246,10 @@ def test_a_stage_stuck_in_its_clean_up_is_killed_once_its_client_is_gone(runner)
 
 
 def test_ctrl_c_while_the_runner_is_still_importing_reaches_the_stage(tmp_path):
-    (tmp_path / "probe.py").write_text(PROBE)
-    env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
-    process, path = start_runner(tmp_path, env)
+    own = probe_runner(tmp_path)
+    process = own[0]
     try:
-        run = client((process, path, tmp_path, env), "sleep", "0")
+        run = client(own, "sleep", "0")
         time.sleep(1)  # connected, its request sent; the runner imports for seconds more
         assert process.poll() is None and run.poll() is None
         run.send_signal(signal.SIGINT)
