@@ -42,9 +42,9 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 # has ~500 columns): one row per experiment and per commit it started from, the settings
 # that differ and the errors that matter. EXP=<experiment> also keeps that experiment's
 # errors that did not change (its PCA and trivial baselines).
-KEY_METRICS := heldout_mae|pca_heldout_mae|trivial_heldout_mae|train_mae|train_hidden_mae
+KEY_METRICS := heldout_mae|vae_heldout_mae|vae_refined_heldout_mae|pca_heldout_mae|trivial_heldout_mae|train_mae|train_hidden_mae
 # params.yaml's columns (not metrics/summary.json's experiments.<experiment>.<error>.abp)
-EXPERIMENT_KEYS := dataset|generator|abp|execution|training|evaluation
+EXPERIMENT_KEYS := dataset|generator|abp|execution|training|evaluation|vae
 SETTINGS := (bundled|datasets|variants)\.|experiments\.[^.]+\.($(EXPERIMENT_KEYS))(\.|$$)
 exp-show:  ## compare DVC experiments (make exp-show EXP=digits)
 	$(BIN)/dvc exp show --md --no-pager --only-changed \

@@ -33,8 +33,10 @@ from abp.observe import (
     SeededProjections,
 )
 from abp.train import ABPConfig, ABPTrainer, Checkpointer, ExecutionConfig, LatentBank
+from abp.vae import VAE, VAEConfig, train_vae
 
 __all__ = [
+    "VAE",
     "ABPConfig",
     "ABPTrainer",
     "AudioGenerator",
@@ -52,10 +54,12 @@ __all__ = [
     "Projection",
     "SeededProjections",
     "TextureGenerator",
+    "VAEConfig",
     "VideoGenerator",
     "build_generator",
     "energy",
     "face_generator",
     "infer",
     "reconstruct",
+    "train_vae",
 ]

@@ -28,6 +28,7 @@ from abp.langevin import frozen_weights
 from abp.observe import Identity, Mask, Observation
 from abp.settings import check_fields
 from abp.train import ABPConfig
+from abp.vae import VAE
 
 
 @dataclass(frozen=True)
@@ -273,23 +274,31 @@ def large_texture_latents(generator) -> torch.Tensor:
     return sample_latents(generator, 1, seed=1, latent_shape=(c, 2 * h, 3 * w))
 
 
-def texture_scores(generator, examples: torch.Tensor, n_samples: int) -> dict[str, float]:
+def texture_scores(
+    generator, examples: torch.Tensor, n_samples: int, prefix: str = ""
+) -> dict[str, float]:
     """How far a texture generator's syntheses are from its training examples
     (abp.texture_stats): `n_samples` from the prior at the training size (the samples
     figure's), one from a latent map 2×3 times the training one's (the large texture's), and
-    the baseline, the examples' own pixels shuffled (their histogram, no structure)."""
+    the baseline, the examples' own pixels shuffled (their histogram, no structure). With a
+    `prefix` (another model's decoder: "vae_") its keys carry it, and the baseline, the same
+    for every model, is left out."""
     with torch.no_grad():
         samples = generator(sample_latents(generator, n_samples)).cpu()
         large = generator(large_texture_latents(generator)).cpu()
     examples = examples.cpu()
-    return {
+    found = {
         "texture_spectrum_distance": texture_stats.spectrum_distance(samples, examples),
         "texture_spectrum_distance_large": texture_stats.spectrum_distance(large, examples),
-        "shuffled_spectrum_distance": texture_stats.spectrum_distance(
-            texture_stats.shuffled_pixels(examples), examples
-        ),
         "texture_histogram_distance": texture_stats.histogram_distance(samples, examples),
         "texture_histogram_distance_large": texture_stats.histogram_distance(large, examples),
+    }
+    if prefix:
+        return {prefix + key: value for key, value in found.items()}
+    shuffled = texture_stats.shuffled_pixels(examples)
+    return {
+        **found,
+        "shuffled_spectrum_distance": texture_stats.spectrum_distance(shuffled, examples),
     }
 
 
@@ -329,14 +338,62 @@ def recover(
         batch_size=evaluation.batch_size,
         device=device,
     )
+    return consistent(generate(generator, z, evaluation.batch_size, device), split), steps
+
+
+def generate(generator, z: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """g(z), `batch_size` latents at a time on `device`, returned where z is."""
     with torch.no_grad():
-        generated = torch.cat(
-            [
-                generator(batch.to(device)).to(split.y.device)
-                for batch in z.split(evaluation.batch_size)
-            ]
+        return torch.cat(
+            [generator(batch.to(device)).to(z.device) for batch in z.split(batch_size)]
         )
-    return consistent(generated, split), steps
+
+
+def score_vae(
+    vae: VAE,
+    train: Split,
+    test: Split | None,
+    config: ABPConfig,
+    evaluation: EvaluationConfig,
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]]:
+    """The VAE scored as ABP is (abp.vae): vae_* from the encoder's guesses (q's means, one
+    pass, no inference), and vae_refined_* from the most probable latents of its decoder,
+    descended from those guesses exactly as ABP's are: the difference is the amortisation
+    gap. The descent runs where the comparisons are made: on the test split, and on the
+    training split when it is recovered from incomplete or indirect data (or there is no
+    test split). Returns the metrics and {"VAE" | "VAE + descent": (training signals or
+    None, test signals or None)}."""
+    metrics: dict[str, float] = {}
+    signals: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+    guesses = {
+        name: vae.encode(split.y, split.observation, batch_size=evaluation.batch_size)
+        for name, split in (("train", train), ("test", test))
+        if split is not None
+    }
+    decoder = vae.decoder
+    guessed = {
+        name: consistent(generate(decoder, z, evaluation.batch_size, device), split)
+        for (name, z), split in zip(guesses.items(), (train, test))
+        if split is not None
+    }
+    metrics.update(scored("vae_", guessed["train"], guessed.get("test"), train, test))
+    signals["VAE"] = (guessed["train"], guessed.get("test"))
+    refine_train = test is None or not isinstance(train.observation, Identity)
+    refined: dict[str, torch.Tensor] = {}
+    for name, split in (("train", train), ("test", test)):
+        if split is not None and (name == "test" or refine_train):
+            refined[name], _ = recover(decoder, split, guesses[name], config, evaluation, device)
+    if "train" in refined:
+        metrics.update(
+            {f"vae_refined_{k}": v for k, v in errors("train", refined["train"], train).items()}
+        )
+    if "test" in refined and test is not None:
+        metrics.update(
+            {f"vae_refined_{k}": v for k, v in errors("heldout", refined["test"], test).items()}
+        )
+    signals["VAE + descent"] = (refined.get("train"), refined.get("test"))
+    return metrics, signals
 
 
 def starting_latents(generator, n: int, init: str) -> torch.Tensor:
@@ -356,6 +413,7 @@ def score(
     config: ABPConfig,
     evaluation: EvaluationConfig | None = None,
     device: torch.device | str | None = None,
+    vae: VAE | None = None,
 ) -> Scores:
     """The evaluation protocol: ABP's errors beside those of PCA and of the trivial baseline,
     each learned from exactly the training data ABP learned from and scored alike.
@@ -368,7 +426,10 @@ def score(
     - pca_*: PCA with d = pca_components, ABP's latent size unless the training data allow
       fewer (pca_size); missing-data PCA for occluded or compressed data;
     - trivial_*: the training mean signal, or silence for sound (the mean of clips cut
-      anywhere in a recording is silence plus noise).
+      anywhere in a recording is silence plus noise);
+    - vae_* and vae_refined_*, given a VAE learned from the same training data
+      (abp.vae.train_vae): its encoder's guesses, and its decoder's most probable latents
+      descended from them (score_vae).
 
     Every recovered signal keeps what the data say (consistent). The weights stay fixed.
     The splits and the latent bank stay on the host, where the errors and the baselines are
@@ -398,6 +459,11 @@ def score(
     metrics.update(scored("trivial_", trivial_fitted, trivial_recovered, train, test))
     metrics.update(pca_components=d, latent_size=latent_size, train_examples=len(train))
 
+    vae_signals: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+    if vae is not None:
+        vae_metrics, vae_signals = score_vae(vae, train, test, config, evaluation, device)
+        metrics.update(vae_metrics)
+
     if test is not None:
         # With a test split every method recovered it.
         assert recovered is not None and pca_recovered is not None
@@ -406,6 +472,11 @@ def score(
         signals = {"ABP": recovered, "PCA": pca_recovered, "trivial": trivial_recovered}
     else:
         shown, signals = train, {"ABP": fitted, "PCA": pca_fitted, "trivial": trivial_fitted}
+    side = 1 if test is not None else 0
+    for name, pair in vae_signals.items():
+        shown_signals = pair[side]
+        if shown_signals is not None:
+            signals[name] = shown_signals
     return Scores(metrics, steps, shown, signals)
 
 

@@ -27,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from abp.evaluate import EvaluationConfig
 from abp.sources.bundled import BUNDLED_FILES, BUNDLED_IMAGES
 from abp.train import ABPConfig, ExecutionConfig, check_batches
+from abp.vae import VAEConfig
 from flows.paths import PARAMS_FILE
 
 BUNDLED = "bundled:"
@@ -473,13 +474,14 @@ class TrainingSettings(Strict):
 class ExperimentConfig(Strict):
     """One training run: a prepared data set (or variant), a generator, ABP settings.
 
-    `abp`, `execution` and `evaluation` are abp's own settings classes (abp.train.ABPConfig,
-    abp.train.ExecutionConfig, abp.evaluate.EvaluationConfig): their fields, defaults and
+    `abp`, `execution`, `evaluation` and `vae` are abp's own settings classes (abp.train.
+    ABPConfig, abp.train.ExecutionConfig, abp.evaluate.EvaluationConfig, abp.vae.VAEConfig,
+    the VAE baseline the evaluation learns beside ABP): their fields, defaults and
     bounds are defined there, once, and checked here with this file's rules (unknown keys,
     inf/nan and `true` for a number refused). `dataset`, `generator`, `abp` and `training`
     are required, so that the DVC train stage can list them as its params; `evaluation`
-    settings rerun the evaluation alone, and so does `execution` (how fast, not what: it
-    retrains nothing)."""
+    and `vae` settings rerun the evaluation alone, and so does `execution` (how fast, not
+    what: it retrains nothing)."""
 
     dataset: str
     generator: dict[str, Any]
@@ -487,6 +489,7 @@ class ExperimentConfig(Strict):
     training: TrainingSettings
     execution: ExecutionConfig = ExecutionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    vae: VAEConfig = VAEConfig()
 
     @model_validator(mode="after")
     def _batches(self) -> ExperimentConfig:

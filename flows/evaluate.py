@@ -48,6 +48,7 @@ from prefect.states import Failed
 from abp import media
 from abp.datasets import DataError
 from abp.evaluate import (
+    Split,
     device_of,
     large_texture_latents,
     sample_latents,
@@ -59,6 +60,7 @@ from abp.files import remove_stale_partials, write_json
 from abp.media import latent_grid, save_png
 from abp.models import load_generator
 from abp.train import default_device
+from abp.vae import VAE, train_vae
 from flows import registry, tracking
 from flows.config import ConfigError
 from flows.experiment import Experiment, load_experiment
@@ -90,30 +92,67 @@ def moved_to(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
         module.to(home)
 
 
+def learn_vae(exp: Experiment, train: Split, device: torch.device) -> VAE | None:
+    """The VAE baseline (abp.vae), learned from exactly the training data ABP learned from,
+    its decoder the experiment's generator initialised as ABP's was; None when the
+    experiment turns it off (vae.enabled: false)."""
+    settings = exp.cfg.vae
+    if not settings.enabled:
+        return None
+    started = time.perf_counter()
+    epochs = settings.epochs or exp.cfg.training.epochs
+    try:
+        vae, history = train_vae(
+            exp.build_generator(),
+            train.y,
+            train.observation,
+            train.signal_shape,
+            abp=exp.cfg.abp,
+            config=settings,
+            epochs=epochs,
+            device=device,
+        )
+    except FloatingPointError as error:
+        raise UnusableModel(f"experiments.{exp.name}.vae: {error}") from None
+    run_logger().info(
+        "VAE baseline: %d epochs on %s, negative ELBO %.4g → %.4g per example: %.1f s",
+        epochs,
+        device,
+        history[0],
+        history[-1],
+        time.perf_counter() - started,
+    )
+    return vae
+
+
 def compute_metrics(
     exp: Experiment, generator, device: torch.device | None = None
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, float], dict[str, torch.Tensor], VAE | None]:
     """The evaluation protocol (abp.evaluate.score) on the experiment's prepared splits: ABP's
-    errors beside those of PCA and of the trivial baseline, with the sizes that explain them;
-    and the signals the figures compare ({row label: signals}, the whole split shown:
-    write_figures picks the examples). ABP's descent runs on `device` (default: the training
-    device, CUDA when there is one) one evaluation.batch_size batch at a time; the splits,
-    the errors and the baselines stay on the CPU."""
+    errors beside those of the VAE (learned here, learn_vae), of PCA and of the trivial
+    baseline, with the sizes that explain them; the signals the figures compare ({row label:
+    signals}, the whole split shown: write_figures picks the examples); and the VAE. ABP's
+    descent and the VAE run on `device` (default: the training device, CUDA when there is
+    one) one evaluation.batch_size batch at a time; the splits, the errors and the linear
+    baselines stay on the CPU."""
     logger = run_logger()
     device = device if device is not None else default_device()
     batch_size = exp.cfg.evaluation.batch_size
+    train = exp.split("train")
+    vae = learn_vae(exp, train, device)
     logger.info("descent on %s, %d examples at a time", device, batch_size)
     started = time.perf_counter()
     bank = torch.load(exp.model_folder / "latent_bank.pt", map_location="cpu", weights_only=True)
     with moved_to(generator, device):
         scores = score(
             generator,
-            exp.split("train"),
+            train,
             exp.split("test"),
             latent_bank=bank,
             config=exp.cfg.abp,
             evaluation=exp.cfg.evaluation,
             device=device,
+            vae=vae,
         )
     n_steps = exp.cfg.evaluation.n_steps
     for split, steps in scores.descent_steps.items():
@@ -128,9 +167,10 @@ def compute_metrics(
         )
     metrics = scores.metrics
     if getattr(generator, "kind", None) == "texture":  # does it look like its source?
-        metrics.update(
-            texture_scores(generator, exp.split("train").x, exp.cfg.evaluation.n_samples)
-        )
+        n_samples = exp.cfg.evaluation.n_samples
+        metrics.update(texture_scores(generator, train.x, n_samples))
+        if vae is not None:
+            metrics.update(texture_scores(vae.decoder, train.x, n_samples, prefix="vae_"))
     logger.info(
         "ABP and the baselines (PCA with d = %d of %d): %.1f s",
         metrics["pca_components"],
@@ -141,19 +181,25 @@ def compute_metrics(
     seen = what_is_seen(scores.shown_split)
     if seen is not None:
         shown[seen[0]] = seen[1]
+    shown["ABP"] = scores.signals["ABP"]
     shown.update(
-        {"ABP": scores.signals["ABP"], f"PCA d={metrics['pca_components']}": scores.signals["PCA"]}
+        {name: scores.signals[name] for name in ("VAE", "VAE + descent") if name in scores.signals}
     )
-    return metrics, shown
+    shown[f"PCA d={metrics['pca_components']}"] = scores.signals["PCA"]
+    return metrics, shown, vae
 
 
 def write_figures(
-    exp: Experiment, generator, shown: dict[str, torch.Tensor], history: list[dict]
+    exp: Experiment,
+    generator,
+    shown: dict[str, torch.Tensor],
+    history: list[dict],
+    vae: VAE | None = None,
 ) -> list[Path]:
-    """Samples, the labelled comparison of a few examples (shown_examples), and the training
-    curves (PNG under figures/: DVC shows them as image plots); mp4 and wav under media/
-    with index.json listing it all. Files an earlier evaluation left that this one did not
-    write are removed."""
+    """Samples (ABP's, and the VAE's from the same prior draws), the labelled comparison of
+    a few examples (shown_examples), and the training curves (PNG under figures/: DVC shows
+    them as image plots); mp4 and wav under media/ with index.json listing it all. Files an
+    earlier evaluation left that this one did not write are removed."""
     figures, sounds_and_videos = exp.report_folder / "figures", exp.report_folder / "media"
     examples = shown_examples(exp.kind, shown["truth"])
     shown = {label: signals[examples] for label, signals in shown.items()}
@@ -164,15 +210,25 @@ def write_figures(
     with torch.no_grad():
         samples = generator(sample_latents(generator, exp.cfg.evaluation.n_samples))
     paths = write_media(samples, exp.kind, figures, "samples", **options)
+    if vae is not None:
+        with torch.no_grad():
+            vae_samples = vae.decoder.cpu()(
+                sample_latents(vae.decoder, exp.cfg.evaluation.n_samples)
+            )
+        paths += write_media(vae_samples, exp.kind, figures, "vae_samples", **options)
     # The examples the comparison shows, as they are: what the samples should look like.
     paths += write_media(shown["truth"], exp.kind, figures, "truth", **options)
     paths += write_comparison(shown, exp.kind, figures, "reconstructions", **options)
     if tuple(generator.latent_shape) == (2,):
         paths.append(save_png(latent_grid(generator), figures / "latent_grid.png"))
     if exp.cfg.generator.get("kind") == "texture":  # a larger latent map, a larger texture
-        with torch.no_grad():
-            large = generator(large_texture_latents(generator))
-        paths.append(save_png(media.image_grid(large), figures / "large_texture.png"))
+        decoders = {"large_texture": generator}
+        if vae is not None:
+            decoders["vae_large_texture"] = vae.decoder
+        for stem, decoder in decoders.items():
+            with torch.no_grad():
+                large = decoder(large_texture_latents(decoder))
+            paths.append(save_png(media.image_grid(large), figures / f"{stem}.png"))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = [h["epoch"] for h in history]
     for ax, key in zip(axes, ("energy", "reconstruction_mse")):
@@ -193,6 +249,8 @@ def write_figures(
 
 SHOWS = {
     "samples": "signals the generator makes from latents drawn from its prior",
+    "vae_samples": "signals the VAE's decoder makes from the same draws from the prior",
+    "vae_large_texture": "the VAE decoder's texture from the same larger latent map",
     "truth": "the {split} examples the comparisons show, as they are",
     "reconstructions": "the same {split} examples, one row per method: {rows}",
     "reconstructions.wav": "the same {split} examples, each as every method gives it, "
@@ -344,11 +402,11 @@ def _evaluate(
         logger.info("inference with the settings a divergence retry lowered: %s", run["retuned"])
     generator = load_generator(exp.model_folder / "generator.pt").eval()
     check_finite_weights(generator, exp.model_folder / "generator.pt")
-    metrics, shown = compute_metrics(exp, generator)
+    metrics, shown, vae = compute_metrics(exp, generator)
     check_finite_metrics(metrics, experiment)
     history = json.loads((exp.model_folder / "history.json").read_text())
     started = time.perf_counter()
-    write_figures(exp, generator, shown, history)
+    write_figures(exp, generator, shown, history, vae)
     logger.info("figures and media: %.1f s", time.perf_counter() - started)
     write_json(exp.metrics_file, metrics)
     champion = False

@@ -6,13 +6,14 @@ Reads params.yaml and metrics/experiments/<experiment>.json (python -m flows.eva
 writes
 
 - metrics/summary.json, flat numbers for `dvc metrics`: `experiments.<experiment>.<error>.
-  {abp,pca,trivial}` for every evaluated experiment (with its pca_components and
-  latent_size), <error> being its held-out error where it has a test split and its training
-  error otherwise, over the hidden entries for occluded data; and per data set the paper's
+  <method>` for every evaluated experiment (with its pca_components and latent_size),
+  <error> being its held-out error where it has a test split and its training error
+  otherwise, over the hidden entries for occluded data; and per data set the paper's
   comparisons, `reconstruction.d<d>` (held-out reconstruction), `occlusion.<P50|…|M30>`
   (recovery of the occluded training pixels), `compressed.<kind>_<ratio>` (recovery of the
-  training signals from their measurements), each `{abp, pca, trivial}`: mean absolute
-  errors on the [0, 1] scale;
+  training signals from their measurements), each `<method>`: mean absolute errors on the
+  [0, 1] scale, <method> being abp, vae (the VAE's encoder), vae_refined (its decoder's
+  latents descended from the encoder's guesses), pca or trivial;
 - reports/plots/*.json for `dvc plots`, one row per setting and method (drawn as grouped
   bars by .dvc/plots/bars_by_method.json), and the same charts as reports/figures/*.png;
 - reports/REPORT.md: every experiment beside its baselines, the tables shaped like the
@@ -50,8 +51,15 @@ from flows.process import prefect_server_for_this_process, run_command
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
-METHODS = ("abp", "pca", "trivial")
-METHOD_NAMES = {"abp": "ABP", "pca": "PCA", "trivial": "trivial"}
+METHODS = ("abp", "vae", "vae_refined", "pca", "trivial")
+METHOD_NAMES = {
+    "abp": "ABP",
+    "vae": "VAE",
+    "vae_refined": "VAE + descent",
+    "pca": "PCA",
+    "trivial": "trivial",
+}
+BASELINES = METHODS[1:]
 # The error an experiment is judged by: held-out where there is a test split, the hidden
 # entries' where some are hidden (the observed ones are kept, by every method alike).
 HEADLINE = ("heldout_hidden_mae", "heldout_mae", "train_hidden_mae", "train_mae")
@@ -155,8 +163,9 @@ def read_metrics(params: dict, metrics_root: Path) -> dict[str, dict[str, float]
 
 
 def methods(metrics: dict[str, float], key: str) -> dict[str, float]:
-    """{abp, pca, trivial: the error `key`} for the methods that have it."""
-    prefixed = {"abp": key, "pca": f"pca_{key}", "trivial": f"trivial_{key}"}
+    """{abp, vae, vae_refined, pca, trivial: the error `key`} for the methods that have it
+    (a method's metrics are ABP's keys prefixed with its name)."""
+    prefixed = {m: key if m == "abp" else f"{m}_{key}" for m in METHODS}
     return {m: metrics[k] for m, k in prefixed.items() if k in metrics}
 
 
@@ -194,6 +203,8 @@ TEXTURE_ROWS = (
     ("samples", "texture_spectrum_distance", "prior samples at the training size"),
     ("large", "texture_spectrum_distance_large", "from a latent map 2×3 times as large"),
     ("shuffled", "shuffled_spectrum_distance", "baseline: the examples' pixels shuffled"),
+    ("vae_samples", "vae_texture_spectrum_distance", "VAE: prior samples at the training size"),
+    ("vae_large", "vae_texture_spectrum_distance_large", "VAE: from the larger latent map"),
 )
 # A synthesis "looks like" its source when its spectrum is this much closer than noise's.
 TEXTURE_MARGIN = 0.5
@@ -240,14 +251,18 @@ def texture_notes(found: dict[str, dict[str, float]]) -> list[str]:
         baseline = metrics.get("shuffled_spectrum_distance")
         if baseline is None:
             continue
-        # The samples', and the larger texture's where there is one.
-        worst = max(metrics[key] for _, key, _ in TEXTURE_ROWS[:2] if key in metrics)
-        verdict = "look like" if worst < TEXTURE_MARGIN * baseline else "do not yet look like"
-        notes.append(
-            f"The textures of `{name}` {verdict} their source by the spectrum: at most "
-            f"{worst:.3f} from the training examples (the larger one included), against "
-            f"{baseline:.3f} for their pixels shuffled."
-        )
+        # The samples', and the larger texture's where there is one; ABP's, then the VAE's.
+        for model, rows in (("ABP", TEXTURE_ROWS[:2]), ("the VAE", TEXTURE_ROWS[3:])):
+            distances = [metrics[key] for _, key, _ in rows if key in metrics]
+            if not distances:
+                continue
+            worst = max(distances)
+            verdict = "look like" if worst < TEXTURE_MARGIN * baseline else "do not yet look like"
+            notes.append(
+                f"The textures {model} learned from `{name}` {verdict} their source by the "
+                f"spectrum: at most {worst:.3f} from the training examples (the larger one "
+                f"included), against {baseline:.3f} for their pixels shuffled."
+            )
     return notes
 
 
@@ -270,16 +285,25 @@ def pca_name(metrics: dict[str, float]) -> str:
     return f"PCA (d = {metrics['pca_components']:g})" if "pca_components" in metrics else "PCA"
 
 
+def baseline_names(name: str, metrics: dict[str, float], params: dict) -> dict[str, str]:
+    return {
+        "vae": "the VAE's encoder",
+        "vae_refined": "the VAE refined by descent",
+        "pca": pca_name(metrics),
+        "trivial": trivial_name(name, params),
+    }
+
+
 def losses(name: str, metrics: dict[str, float], params: dict) -> str | None:
     """A sentence naming the baselines ABP does not beat on its headline error, and by how
-    much; None where it beats both."""
+    much; None where it beats them all."""
     key = headline(metrics)
     scores = methods(metrics, key)
-    names = {"pca": pca_name(metrics), "trivial": trivial_name(name, params)}
+    names = baseline_names(name, metrics, params)
     lost = [
         f"that of {names[m]}, {scores[m]:.4f}, by {scores['abp'] - scores[m]:.4f}"
         + (f" ({100 * (scores['abp'] / scores[m] - 1):.0f} %)" if scores[m] > 0 else "")
-        for m in ("pca", "trivial")
+        for m in BASELINES
         if m in scores and scores["abp"] >= scores[m]
     ]
     if not lost:
@@ -292,7 +316,7 @@ def losses(name: str, metrics: dict[str, float], params: dict) -> str | None:
 
 
 def narrow_win(name: str, metrics: dict[str, float], params: dict) -> str | None:
-    """A sentence when ABP beats both baselines, but the better one by less than NARROW."""
+    """A sentence when ABP beats every baseline, but the best one by less than NARROW."""
     key = headline(metrics)
     scores = methods(metrics, key)
     baselines = {m: v for m, v in scores.items() if m != "abp"}
@@ -301,7 +325,7 @@ def narrow_win(name: str, metrics: dict[str, float], params: dict) -> str | None
     best = min(baselines, key=baselines.__getitem__)
     if not scores["abp"] < baselines[best] < scores["abp"] * (1 + NARROW):
         return None
-    names = {"pca": pca_name(metrics), "trivial": trivial_name(name, params)}
+    names = baseline_names(name, metrics, params)
     return (
         f"`{name}`: ABP's {ERROR_NAMES[key]} error {scores['abp']:.4f} is below that of "
         f"{names[best]}, {baselines[best]:.4f}, but only by "
@@ -371,7 +395,7 @@ def computed_notes(params: dict, found: dict[str, dict[str, float]]) -> list[str
     if found:
         beaten = [n for n, m in found.items() if losses(n, m, params) is None]
         notes.append(
-            f"ABP's error is below both baselines' in {len(beaten)} of {len(found)} "
+            f"ABP's error is below every baseline's in {len(beaten)} of {len(found)} "
             "evaluated experiments."
         )
     for name, metrics in found.items():
@@ -454,11 +478,17 @@ def comparison_table(dataset: str, section: str, bars: dict[str, dict[str, float
     for method in [m for m in METHODS if any(m in bars[s] for s in order)]:
         cells = [cell(bars[s].get(method), False) for s in order]
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
-    lost = [s for s in order if bars[s]["abp"] >= bars[s]["pca"]]
-    verdict = f"ABP is below PCA in {len(order) - len(lost)} of {len(order)} settings" + (
-        f"; not in {', '.join(lost)}." if lost else "."
-    )
-    return [*lines, "", verdict, ""]
+    verdicts = []
+    for method in ("vae", "vae_refined", "pca"):
+        compared = [s for s in order if method in bars[s]]
+        if not compared:
+            continue
+        lost = [s for s in compared if bars[s]["abp"] >= bars[s][method]]
+        verdicts.append(
+            f"- ABP is below {METHOD_NAMES[method]} in {len(compared) - len(lost)} of "
+            f"{len(compared)} settings" + (f"; not in {', '.join(lost)}." if lost else ".")
+        )
+    return [*lines, "", *verdicts, ""]
 
 
 def cell(value: float | None, best: bool) -> str:
@@ -479,8 +509,11 @@ def experiments_section(
             "otherwise (over the hidden entries for occluded data); the lowest in bold."
         ),
         "",
-        "| experiment | data | error | ABP | PCA | trivial | ABP training error |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "| experiment | data | error | ABP | VAE | VAE + descent | PCA | trivial "
+            "| ABP training error |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, metrics in found.items():
         key = headline(metrics)
@@ -492,10 +525,12 @@ def experiments_section(
             else ""
         )
         train_key = "train_hidden_mae" if "train_hidden_mae" in metrics else "train_mae"
-        abp, pca, trivial = (cell(scores.get(m), scores.get(m) == lowest) for m in METHODS)
+        abp, vae, refined, pca, trivial = (
+            cell(scores.get(m), scores.get(m) == lowest) for m in METHODS
+        )
         lines.append(
             f"| `{name}` | {experiment_config(name, params).dataset} | "
-            f"{ERROR_NAMES[key]} | {abp} | {pca}{d} | {trivial} "
+            f"{ERROR_NAMES[key]} | {abp} | {vae} | {refined} | {pca}{d} | {trivial} "
             f"({trivial_name(name, params).removeprefix('the ')}) | "
             f"{cell(metrics.get(train_key), False)} |"
         )
@@ -510,7 +545,8 @@ def experiments_section(
 # Figure stems flows.evaluate writes, for images, video (_frames) and sound (_spectrograms).
 TRUTH = ("truth", "truth_frames", "truth_spectrograms")
 SAMPLES = ("samples", "samples_frames", "samples_spectrograms")
-OTHERS = ("reconstructions", "latent_grid", "large_texture")
+VAE_SAMPLES = tuple(f"vae_{stem}" for stem in SAMPLES)
+OTHERS = ("reconstructions", "latent_grid", "large_texture", "vae_large_texture")
 
 
 def experiment_figures(name: str, folder: Path) -> list[str]:
@@ -525,15 +561,17 @@ def experiment_figures(name: str, folder: Path) -> list[str]:
         ]
 
     truth, samples, others = image(TRUTH), image(SAMPLES), image(OTHERS)
+    vae = image(VAE_SAMPLES)
     if truth and samples:
+        head = "| truth | ABP: samples from the prior |" + (" VAE: the same draws |" if vae else "")
         return [
-            "| truth | samples from the prior |",
-            "|---|---|",
-            f"| {' '.join(truth)} | {' '.join(samples)} |",
+            head,
+            "|---|---|" + ("---|" if vae else ""),
+            f"| {' '.join(truth)} | {' '.join(samples)} |" + (f" {' '.join(vae)} |" if vae else ""),
             "",
             *others,
         ]
-    return [*truth, *samples, *others]
+    return [*truth, *samples, *vae, *others]
 
 
 def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]:
@@ -545,7 +583,8 @@ def qualitative_section(experiments: list[str], reports_root: Path) -> list[str]
         "",
         (
             "Rows of reconstruction figures are labelled: the truth, what the model saw "
-            "(occluded or compressed data), ABP's recovery and PCA's."
+            "(occluded or compressed data), ABP's recovery, the VAE's (its encoder's guess, "
+            "then refined by descent) and PCA's."
         ),
         "",
     ]
@@ -580,11 +619,17 @@ def write_outputs(
         "",
         (
             "Mean absolute error on the [0, 1] intensity scale (×255 in brackets); lower is "
-            "better. Both baselines learn from exactly the same (complete, occluded or "
-            "compressed) training data as ABP and keep what the data say, as ABP's recovery "
-            "does: PCA with as many components d as ABP's latent size, where the training "
-            "data allow it (at most one fewer than the training examples), and a trivial "
-            "baseline, the training mean signal (silence for sound)."
+            "better. Every baseline learns from exactly the same (complete, occluded or "
+            "compressed) training data as ABP and keeps what the data say, as ABP's "
+            "recovery does. The VAE has ABP's generator as its decoder (the same settings, "
+            "initial weights, σ, optimiser and epochs) and an encoder that mirrors it; "
+            "`VAE` is its decoder at the encoder's guess, `VAE + descent` at the most "
+            "probable latent descended from that guess as ABP's latents are (the gap "
+            "between the two is the amortisation gap; the descent runs on the test split, "
+            "and on the training split of incomplete or indirect data). PCA has as many "
+            "components d as ABP's latent size, where the training data allow it (at most "
+            "one fewer than the training examples); the trivial baseline is the training "
+            "mean signal (silence for sound)."
         ),
         "",
     ]

@@ -126,6 +126,8 @@ def test_dvc_repro_runs_every_stage_reruns_only_what_changed_and_compares_metric
     recovery = summary["digits"]["occlusion"]["P50"]
     assert recovery["abp"] == values["train_hidden_mae"]
     assert recovery["pca"] == values["pca_train_hidden_mae"]
+    assert recovery["vae_refined"] == values["vae_refined_train_hidden_mae"]
+    assert (figures / "vae_samples.png").is_file()
     report = (copy / "reports" / "REPORT.md").read_text()
     assert "digits: recovery of occluded training pixels" in report and "| P.5 |" in report
     assert (copy / "reports" / "figures" / "digits_occlusion.png").is_file()
@@ -175,6 +177,8 @@ def test_dvc_repro_runs_every_stage_reruns_only_what_changed_and_compares_metric
         <= set(header[1:-1])
         <= {
             "heldout_mae",
+            "vae_heldout_mae",
+            "vae_refined_heldout_mae",
             "pca_heldout_mae",
             "trivial_heldout_mae",
             "train_mae",

@@ -6,6 +6,7 @@ import pytest
 
 from abp.evaluate import EvaluationConfig
 from abp.train import ABPConfig, ExecutionConfig
+from abp.vae import VAEConfig
 from flows.config import ConfigError, dataset_config, experiment_config, load_params
 
 GOOD = {
@@ -244,19 +245,39 @@ def test_each_data_set_group_holds_its_own_kind_of_source(params, message):
         dataset_config("mine" if "mine" in str(params) else "faces", params)
 
 
-def test_the_evaluation_defaults_params_yaml_lists_are_the_definitions():
-    """params.yaml shows the evaluation keys with their defaults; the definition is
-    abp.evaluate.EvaluationConfig, so the comment must not drift from it."""
+def test_the_evaluation_and_vae_defaults_params_yaml_lists_are_the_definitions():
+    """params.yaml shows the evaluation and vae keys with their defaults; the definitions
+    are abp.evaluate.EvaluationConfig and abp.vae.VAEConfig, so the comments must not drift
+    from them."""
     import dataclasses
     import re
 
     import yaml
 
-    text = Path("params.yaml").read_text().split("Its keys, with their defaults:\n")[1]
-    listed = dict(re.findall(r"^#   (\w+): (\S+) ", text.split("\n# Every")[0], flags=re.MULTILINE))
-    defaults = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}
-    assert set(listed) == set(defaults)
-    assert {k: yaml.safe_load(v) for k, v in listed.items()} == defaults
+    blocks = Path("params.yaml").read_text().split("Its keys, with their defaults:\n")[1:]
+    assert len(blocks) == 2  # evaluation's, then vae's
+    for block, settings in zip(blocks, (EvaluationConfig, VAEConfig)):
+        lines = block.split("\n")
+        listed_lines = lines[
+            : next(i for i, line in enumerate(lines) if not line.startswith("#   "))
+        ]
+        listed = dict(re.match(r"^#   (\w+): (\S+) ", line).groups() for line in listed_lines)
+        defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+        assert set(listed) == set(defaults)
+        assert {k: yaml.safe_load(v) for k, v in listed.items()} == defaults
+
+
+def test_vae_settings_are_checked_at_the_edge():
+    cfg = experiment_config("tiny", with_experiment(vae={"epochs": 7, "enabled": False}))
+    assert cfg.vae == VAEConfig(epochs=7, enabled=False)
+    assert experiment_config("tiny", with_experiment()).vae == VAEConfig()
+    with pytest.raises(
+        ConfigError,
+        match=r"experiments.tiny.vae.epochs: Input should be greater than or equal to 1",
+    ):
+        experiment_config("tiny", with_experiment(vae={"epochs": 0}))
+    with pytest.raises(ConfigError, match=r"experiments.tiny.vae.lr: Extra inputs"):
+        experiment_config("tiny", with_experiment(vae={"lr": 0.1}))
 
 
 def test_data_on_device_is_auto_or_a_bool():

@@ -100,12 +100,15 @@ def experiment(
 @pytest.mark.parametrize("kind", ["video", "audio"])
 def test_every_kind_is_scored_against_pca_and_the_trivial_baseline(kind, tmp_path):
     exp, generator = experiment(kind, tmp_path)
-    metrics, shown = compute_metrics(exp, generator)
+    metrics, shown, vae = compute_metrics(exp, generator)
     latent_size = math.prod(generator.latent_shape)
     assert metrics["latent_size"] == latent_size == 8
     assert metrics["pca_components"] == min(latent_size, 10 - 1) == 8
-    for prefix in ("", "pca_", "trivial_"):
+    for prefix in ("", "vae_", "pca_", "trivial_"):
         assert {f"{prefix}train_mae", f"{prefix}heldout_mae"} <= set(metrics)
+    # Complete data: the VAE's descent runs on the test split alone.
+    assert "vae_refined_heldout_mae" in metrics and "vae_refined_train_mae" not in metrics
+    assert vae is not None and vae.decoder.config == generator.config
     truth = exp.splits["test"]["x"]
     if kind == "audio":  # the trivial baseline of sound is silence
         assert metrics["trivial_heldout_mae"] == pytest.approx(
@@ -116,13 +119,13 @@ def test_every_kind_is_scored_against_pca_and_the_trivial_baseline(kind, tmp_pat
         assert metrics["trivial_heldout_mae"] == pytest.approx(
             mean_absolute_error(mean, truth), rel=1e-5
         )
-    assert list(shown) == ["truth", "ABP", "PCA d=8"]
+    assert list(shown) == ["truth", "ABP", "VAE", "VAE + descent", "PCA d=8"]
     assert not any(key.startswith(("texture_", "shuffled_")) for key in metrics)
 
 
 def test_a_texture_generator_is_scored_on_its_syntheses_beside_shuffled_pixels(tmp_path):
     exp, generator = experiment("texture", tmp_path)
-    metrics, _ = compute_metrics(exp, generator)
+    metrics, _, vae = compute_metrics(exp, generator)
     texture = texture_scores(generator, exp.splits["train"]["x"], n_samples=2)
     assert texture == {k: metrics[k] for k in texture}  # the figures' samples and large map
     assert set(texture) == {
@@ -134,13 +137,21 @@ def test_a_texture_generator_is_scored_on_its_syntheses_beside_shuffled_pixels(t
     }
     assert all(math.isfinite(v) and v >= 0 for v in texture.values())
     assert texture["shuffled_spectrum_distance"] > 0
+    # The VAE's decoder is scored alike, beside the same baseline.
+    assert vae is not None
+    assert texture_scores(vae.decoder, exp.splits["train"]["x"], 2, prefix="vae_") == {
+        f"vae_{k}": metrics[f"vae_{k}"] for k in texture if k != "shuffled_spectrum_distance"
+    }
 
 
 def test_occluded_sound_keeps_what_is_heard_and_fills_the_gaps(tmp_path):
     exp, generator = experiment("audio", tmp_path, occluded=True)
-    metrics, shown = compute_metrics(exp, generator)
+    metrics, shown, _ = compute_metrics(exp, generator)
     assert {
         "heldout_hidden_mae",
+        "vae_heldout_hidden_mae",
+        "vae_refined_heldout_hidden_mae",
+        "vae_refined_train_hidden_mae",  # the recovery of occluded training signals
         "pca_heldout_hidden_mae",
         "trivial_heldout_hidden_mae",
         "trivial_train_hidden_mae",
@@ -150,20 +161,21 @@ def test_occluded_sound_keeps_what_is_heard_and_fills_the_gaps(tmp_path):
     assert metrics["trivial_heldout_mae"] == pytest.approx(
         mean_absolute_error(silence_in_the_gaps, test["x"])
     )
-    assert list(shown) == ["truth", "observed", "ABP", "PCA d=8"]
+    assert list(shown) == ["truth", "observed", "ABP", "VAE", "VAE + descent", "PCA d=8"]
     observed = test["mask"][: len(shown["ABP"])]
-    assert torch.equal(shown["ABP"][observed], shown["truth"][observed])
+    for method in ("ABP", "VAE", "VAE + descent"):
+        assert torch.equal(shown[method][observed], shown["truth"][observed])
 
 
 @pytest.mark.parametrize("kind, suffix", [("video", ".mp4"), ("audio", ".wav")])
 def test_figures_are_labelled_and_media_last_long_enough_to_watch(kind, suffix, tmp_path):
     exp, generator = experiment(kind, tmp_path)
-    _, shown = compute_metrics(exp, generator)
+    _, shown, vae = compute_metrics(exp, generator)
     history = [{"epoch": 1, "energy": 10.0, "reconstruction_mse": 0.1}]
     stale = exp.report_folder / "media" / f"latents{suffix}"  # what an older version wrote
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
-    write_figures(exp, generator, shown, history)
+    write_figures(exp, generator, shown, history, vae)
     figures = {p.name for p in (exp.report_folder / "figures").iterdir()}
     assert "reconstructions.png" in figures and "training.png" in figures
     # the truth beside the samples, in the report
@@ -175,13 +187,14 @@ def test_figures_are_labelled_and_media_last_long_enough_to_watch(kind, suffix, 
         f"reconstructions{suffix}",
         f"samples{suffix}",
         f"truth{suffix}",
+        f"vae_samples{suffix}",
     ]
     for path in sounds_and_videos:
         assert duration_seconds(path) >= 3.0  # 4 frames at 25 fps, 64 samples at 8 kHz
     index = json.loads((exp.report_folder / "media" / "index.json").read_text())
     assert {m["file"] for m in index["media"]} == {p.name for p in sounds_and_videos}
     assert all(m["seconds"] >= 3.0 for m in index["media"])
-    assert ": truth, ABP, PCA d=8" in next(
+    assert ": truth, ABP, VAE, VAE + descent, PCA d=8" in next(
         m["shows"] for m in index["media"] if m["file"].startswith("reconstructions")
     )
 
@@ -191,18 +204,21 @@ def test_sound_is_heard_from_clips_with_signal_each_at_its_truths_level(tmp_path
     test = exp.splits["test"]["x"]
     test.mul_(0.02)  # recorded speech: far below full scale
     test[0] = 0  # a pause between words: never the one shown
-    _, shown = compute_metrics(exp, generator)
-    write_figures(exp, generator, shown, [{"epoch": 1, "energy": 1.0, "reconstruction_mse": 0.1}])
+    _, shown, vae = compute_metrics(exp, generator)
+    write_figures(
+        exp, generator, shown, [{"epoch": 1, "energy": 1.0, "reconstruction_mse": 0.1}], vae
+    )
     index = json.loads((exp.report_folder / "media" / "index.json").read_text())
     assert index["examples"] == {"split": "test", "indices": [1, 2, 3]}
 
-    # reconstructions.wav: each clip as truth, ABP, PCA in turn, each followed by a gap
+    # reconstructions.wav: each clip as truth, ABP, the VAE's two, PCA in turn, each
+    # followed by a gap
     written, _ = soundfile.read(exp.report_folder / "media" / "reconstructions.wav")
-    length, gap = test.shape[-1], round(0.25 * 8000)
-    segments = [written[k * (length + gap) : k * (length + gap) + length] for k in range(9)]
+    length, gap, rows = test.shape[-1], round(0.25 * 8000), len(shown)
+    segments = [written[k * (length + gap) : k * (length + gap) + length] for k in range(3 * rows)]
     lsb = 2 / 32768
     for clip, i in enumerate([1, 2, 3]):
-        truth, abp = segments[3 * clip], segments[3 * clip + 1]
+        truth, abp = segments[rows * clip], segments[rows * clip + 1]
         assert np.abs(truth).max() == pytest.approx(10 ** (-1 / 20), abs=lsb)  # −1 dBFS
         gain = 10 ** (-1 / 20) / float(test[i].abs().max())  # the truth's, for ABP's too
         np.testing.assert_allclose(abp, (shown["ABP"][i].reshape(-1) * gain).clamp(-1, 1), atol=lsb)

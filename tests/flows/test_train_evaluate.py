@@ -98,7 +98,7 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     errors = {"train_mae", "train_hidden_mae", "heldout_mae", "heldout_hidden_mae"}
     assert set(metrics) == (
         errors
-        | {f"pca_{k}" for k in errors}
+        | {f"{baseline}_{k}" for k in errors for baseline in ("vae", "vae_refined", "pca")}
         | {f"trivial_{k}" for k in errors}
         | {"pca_components", "latent_size", "train_examples"}
     )
@@ -109,6 +109,7 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert not (report / "metrics.json").exists()
     assert {p.name for p in (report / "figures").iterdir()} == {
         "samples.png",
+        "vae_samples.png",
         "truth.png",
         "reconstructions.png",
         "training.png",
@@ -117,9 +118,15 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert index["media"] == [] and "no sound or video" in index["note"]
     assert {f["file"] for f in index["figures"]} == {
         f"../figures/{name}"
-        for name in ("samples.png", "truth.png", "reconstructions.png", "training.png")
+        for name in (
+            "samples.png",
+            "vae_samples.png",
+            "truth.png",
+            "reconstructions.png",
+            "training.png",
+        )
     }
-    assert "truth, observed, ABP, PCA d=4" in next(
+    assert "truth, observed, ABP, VAE, VAE + descent, PCA d=4" in next(
         f["shows"] for f in index["figures"] if f["file"].endswith("reconstructions.png")
     )
 
@@ -130,7 +137,7 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
     assert run.info.artifact_uri.startswith("abp-local:/mlartifacts/")  # beside mlflow.db
     # and the evaluation's numbers on the logged generator's page (Models view) too
     logged = client.get_logged_model(run_info["model_uri"].removeprefix("models:/"))
-    assert {"heldout_mae", "pca_heldout_mae"} <= {m.key for m in logged.metrics}
+    assert {"heldout_mae", "vae_heldout_mae", "pca_heldout_mae"} <= {m.key for m in logged.metrics}
     assert client.get_experiment(run.info.experiment_id).name == "abp-pics_P50"
     assert run.info.run_name == "tiny-image-abp"
     assert run.data.params["abp.sigma"] == "0.3" and run.data.params["generator.kind"] == "image"
@@ -149,6 +156,7 @@ def test_train_and_evaluate_record_everything_in_one_mlflow_run(workspace):
         f"evaluation/{name}"
         for name in (  # no media folder for images
             "samples.png",
+            "vae_samples.png",
             "truth.png",
             "reconstructions.png",
             "training.png",
@@ -184,7 +192,7 @@ def test_per_example_measurements_train_and_evaluate_beside_the_baselines(worksp
     assert prepare_main(["pics_own"]) == 0
     assert train_main(["own"]) == 0 and evaluate_main(["own"]) == 0
     metrics = json.loads((workspace / "metrics" / "experiments" / "own.json").read_text())
-    for method in ("", "pca_", "trivial_"):
+    for method in ("", "vae_", "vae_refined_", "pca_", "trivial_"):
         for error in ("train_mae", "heldout_mae"):
             assert 0 < metrics[f"{method}{error}"] < 1, (method, error, metrics)
 
