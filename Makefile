@@ -41,7 +41,7 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 # After `dvc exp run evaluate@<experiment> -S ...`: a table that reads (plain `dvc exp show`
 # has ~500 columns): one row per experiment and per commit it started from, the settings
 # that differ and the errors that matter. EXP=<experiment> also keeps that experiment's
-# errors that did not change (its PCA and trivial baselines).
+# errors that did not change (its VAE, PCA and trivial baselines).
 KEY_METRICS := heldout_mae|vae_heldout_mae|vae_refined_heldout_mae|pca_heldout_mae|trivial_heldout_mae|train_mae|train_hidden_mae
 # params.yaml's columns (not metrics/summary.json's experiments.<experiment>.<error>.abp)
 EXPERIMENT_KEYS := dataset|generator|abp|execution|training|evaluation|vae

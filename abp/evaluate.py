@@ -1,6 +1,7 @@
 """How a trained generator is scored, exactly as the pipeline scores it (`score` runs the
 whole protocol): the most probable latents of a trained generator, the error measures, and
-the two baselines of abp.baselines beside ABP.
+the baselines beside ABP: the two linear ones of abp.baselines, and a VAE (abp.vae) when one
+is given.
 
     train, test = Split.read(folder, "train"), Split.read(folder, "test")
     scores = score(generator, train, test, latent_bank=bank, config=ABPConfig(...))
@@ -237,7 +238,8 @@ def scored(
     test: Split | None,
 ) -> dict[str, float]:
     """One method's errors on the training signals and (if any) the test signals, the keys
-    prefixed ("" for ABP, "pca_", "trivial_"): every method is scored by the same code."""
+    prefixed ("" for ABP, "vae_", "vae_refined_", "pca_", "trivial_"): every method is scored
+    by the same code."""
     found = errors("train", fitted, train)
     if recovered is not None and test is not None:
         found.update(errors("heldout", recovered, test))
@@ -304,7 +306,7 @@ def texture_scores(
 
 @dataclass
 class Scores:
-    """What `score` found: the errors of ABP and of both baselines (flat numbers), the
+    """What `score` found: the errors of ABP and of every baseline (flat numbers), the
     descent steps each inferred latent took ({"train": …, "test": …}), and, for the split the
     comparisons show (test if there is one, else train), each method's signals."""
 
@@ -355,17 +357,18 @@ def score_vae(
     test: Split | None,
     config: ABPConfig,
     evaluation: EvaluationConfig,
-    device: torch.device,
 ) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]]:
     """The VAE scored as ABP is (abp.vae): vae_* from the encoder's guesses (q's means, one
     pass, no inference), and vae_refined_* from the most probable latents of its decoder,
     descended from those guesses exactly as ABP's are: the difference is the amortisation
     gap. The descent runs where the comparisons are made: on the test split, and on the
     training split when it is recovered from incomplete or indirect data (or there is no
-    test split). Returns the metrics and {"VAE" | "VAE + descent": (training signals or
+    test split). It all runs where the VAE is, evaluation.batch_size examples at a time; the
+    splits stay on the host. Returns the metrics and {"VAE" | "VAE + descent": (training signals or
     None, test signals or None)}."""
     metrics: dict[str, float] = {}
     signals: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+    device = device_of(vae.decoder)
     guesses = {
         name: vae.encode(split.y, split.observation, batch_size=evaluation.batch_size)
         for name, split in (("train", train), ("test", test))
@@ -461,7 +464,7 @@ def score(
 
     vae_signals: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
     if vae is not None:
-        vae_metrics, vae_signals = score_vae(vae, train, test, config, evaluation, device)
+        vae_metrics, vae_signals = score_vae(vae, train, test, config, evaluation)
         metrics.update(vae_metrics)
 
     if test is not None:

@@ -144,7 +144,24 @@ def encoder_inputs(
     seen = y if isinstance(observation, Identity) else observation.pseudo_inverse(y, signal_shape)
     if isinstance(observation, Mask):
         return seen, observation.mask.to(seen.dtype).expand_as(seen)
-    return seen, torch.ones_like(seen)
+    return seen, seen.new_ones(()).expand_as(seen)  # no memory: a batch's rows are made whole
+
+
+def batch_operator(
+    observation: Observation,
+    index: torch.Tensor,
+    device: torch.device,
+    moved: dict[str, Observation],
+) -> Observation:
+    """The operator of the examples `index` on `device`: a per-example one's rows, moved;
+    one shared by all examples moved once (kept in `moved`), so a projection's pseudo-inverse
+    is not recomputed for every batch."""
+    chosen = observation.select(index)
+    if chosen is not observation:
+        return chosen.to(device)
+    if "shared" not in moved:
+        moved["shared"] = observation.to(device)
+    return moved["shared"]
 
 
 class VAE(nn.Module):
@@ -164,9 +181,11 @@ class VAE(nn.Module):
         sigma: float,
         rng: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Per example: −ELBO up to a constant, one reparameterised draw from q."""
+        """Per example: −ELBO up to a constant, one reparameterised draw from q (`rng`: a
+        CPU generator)."""
         mean, log_variance = self.encoder(seen, observed)
-        noise = torch.randn(mean.shape, generator=rng, device=mean.device, dtype=mean.dtype)
+        # Drawn on the CPU, then moved: the same draws on every device, as sample_latents'.
+        noise = torch.randn(mean.shape, generator=rng).to(mean.device, mean.dtype)
         z = mean + (0.5 * log_variance).exp() * noise
         residual = observation.residual(y, self.decoder(z))
         data_term = residual.flatten(1).pow(2).sum(1) / (2 * sigma**2)
@@ -185,9 +204,10 @@ class VAE(nn.Module):
         """q's means for examples (what the encoder guesses, with no inference of its own),
         `batch_size` at a time on `device` (default: the VAE's), returned where y is."""
         device = torch.device(device) if device is not None else next(self.parameters()).device
-        means = []
+        means: list[torch.Tensor] = []
+        moved: dict[str, Observation] = {}
         for index in torch.arange(len(y)).split(batch_size):
-            batch = observation.select(index).to(device)
+            batch = batch_operator(observation, index, device, moved)
             seen, observed = encoder_inputs(y[index].to(device), batch, self.signal_shape)
             means.append(self.encoder(seen, observed)[0].to(y.device))
         return torch.cat(means)
@@ -209,8 +229,10 @@ def train_vae(
     the mean negative ELBO. Returns the VAE, in eval mode on `device`, and each epoch's mean
     negative ELBO per example. Raises FloatingPointError if the loss stops being finite."""
     device = torch.device(device)
-    torch.manual_seed(config.seed)  # the encoder's initial weights
-    vae = VAE(decoder, mirrored_encoder(decoder, signal_shape), signal_shape).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded here, leaving the caller's stream alone
+        torch.manual_seed(config.seed)  # the encoder's initial weights
+        encoder = mirrored_encoder(decoder, signal_shape)
+    vae = VAE(decoder, encoder, signal_shape).to(device)
     learning_rate = config.learning_rate or abp.learning_rate
     if abp.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(
@@ -220,18 +242,19 @@ def train_vae(
         optimizer = torch.optim.SGD(vae.parameters(), lr=learning_rate, momentum=abp.sgd_momentum)
     batch_size = config.batch_size or abp.batch_size
     order_rng = torch.Generator().manual_seed(config.seed)
-    noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+    noise_rng = torch.Generator().manual_seed(config.seed + 1)
     # What the encoder reads never changes: computed once (A⁺y of per-example matrices
     # costs a pseudo-inverse per example).
     seen, observed = encoder_inputs(y, observation, signal_shape)
-    history = []
+    history: list[float] = []
+    moved: dict[str, Observation] = {}
     vae.train()
     for epoch in range(epochs):
         total = 0.0
         for index in torch.randperm(len(y), generator=order_rng).split(batch_size):
             loss = vae.negative_elbo(
                 y[index].to(device),
-                observation.select(index).to(device),
+                batch_operator(observation, index, device, moved),
                 seen[index].to(device),
                 observed[index].to(device),
                 sigma=abp.sigma,

@@ -1,14 +1,15 @@
 """Evaluate a trained experiment: held-out reconstruction, recovery, samples and figures,
-against two baselines.
+against its baselines (a VAE learned here from the same data, PCA, the trivial one).
 
     python -m flows.evaluate digits     # after python -m flows.train digits
 
 The scoring is the library's evaluation protocol, abp.evaluate.score (README, "Scoring a
 model exactly as the pipeline does"): every latent the most probable one given what the
-model may see, every recovered signal keeping what the data say, ABP beside PCA with
-d = the latent size and a trivial baseline (the training mean; silence for sound), all
-learned from exactly the same training data and scored alike (mean absolute errors on the
-[0, 1] scale: train_mae, heldout_mae, *_hidden_mae; pca_* and trivial_* for the baselines).
+model may see, every recovered signal keeping what the data say, ABP beside a VAE with
+ABP's generator as its decoder (abp.vae), PCA with d = the latent size and a trivial
+baseline (the training mean; silence for sound), all learned from exactly the same training
+data and scored alike (mean absolute errors on the [0, 1] scale: train_mae, heldout_mae,
+*_hidden_mae; vae_*, vae_refined_*, pca_* and trivial_* for the baselines).
 ABP's descent runs on the training device (CUDA when there is one), evaluation.batch_size
 examples at a time; the splits, the errors, the baselines and the figures stay on the CPU.
 
@@ -95,7 +96,8 @@ def moved_to(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
 def learn_vae(exp: Experiment, train: Split, device: torch.device) -> VAE | None:
     """The VAE baseline (abp.vae), learned from exactly the training data ABP learned from,
     its decoder the experiment's generator initialised as ABP's was; None when the
-    experiment turns it off (vae.enabled: false)."""
+    experiment turns it off (vae.enabled: false), or when its training diverged: a failed
+    baseline is a warning and no VAE rows, never a lost evaluation of ABP."""
     settings = exp.cfg.vae
     if not settings.enabled:
         return None
@@ -113,7 +115,10 @@ def learn_vae(exp: Experiment, train: Split, device: torch.device) -> VAE | None
             device=device,
         )
     except FloatingPointError as error:
-        raise UnusableModel(f"experiments.{exp.name}.vae: {error}") from None
+        run_logger().warning(
+            "experiments.%s.vae: %s; this evaluation has no VAE rows", exp.name, error
+        )
+        return None
     run_logger().info(
         "VAE baseline: %d epochs on %s, negative ELBO %.4g → %.4g per example: %.1f s",
         epochs,
@@ -123,6 +128,22 @@ def learn_vae(exp: Experiment, train: Split, device: torch.device) -> VAE | None
         time.perf_counter() - started,
     )
     return vae
+
+
+def without_unfinished_vae(metrics: dict[str, float], experiment: str) -> dict[str, float]:
+    """The metrics without the VAE's if any of its numbers is not finite (a decoder that
+    makes NaN, say): the baseline failed, which is a warning, not a reason to lose ABP's
+    evaluation; a non-finite number is never written as a result."""
+    vae_keys = [k for k in metrics if k.startswith("vae_")]
+    bad = [k for k in vae_keys if not math.isfinite(metrics[k])]
+    if not bad:
+        return metrics
+    run_logger().warning(
+        "experiments.%s.vae: non-finite %s; this evaluation has no VAE rows",
+        experiment,
+        ", ".join(bad),
+    )
+    return {k: v for k, v in metrics.items() if k not in vae_keys}
 
 
 def compute_metrics(
@@ -165,12 +186,15 @@ def compute_metrics(
             int((steps == n_steps).sum()),
             n_steps,
         )
-    metrics = scores.metrics
+    metrics = without_unfinished_vae(scores.metrics, exp.name)
+    if "vae_train_mae" not in metrics:  # a VAE whose numbers were dropped shows nothing
+        vae = None
     if getattr(generator, "kind", None) == "texture":  # does it look like its source?
         n_samples = exp.cfg.evaluation.n_samples
         metrics.update(texture_scores(generator, train.x, n_samples))
         if vae is not None:
-            metrics.update(texture_scores(vae.decoder, train.x, n_samples, prefix="vae_"))
+            vae_texture = texture_scores(vae.decoder, train.x, n_samples, prefix="vae_")
+            metrics.update(without_unfinished_vae(vae_texture, exp.name))
     logger.info(
         "ABP and the baselines (PCA with d = %d of %d): %.1f s",
         metrics["pca_components"],
@@ -182,9 +206,10 @@ def compute_metrics(
     if seen is not None:
         shown[seen[0]] = seen[1]
     shown["ABP"] = scores.signals["ABP"]
-    shown.update(
-        {name: scores.signals[name] for name in ("VAE", "VAE + descent") if name in scores.signals}
-    )
+    if vae is not None:
+        shown.update(
+            {n: scores.signals[n] for n in ("VAE", "VAE + descent") if n in scores.signals}
+        )
     shown[f"PCA d={metrics['pca_components']}"] = scores.signals["PCA"]
     return metrics, shown, vae
 

@@ -169,7 +169,7 @@ def test_the_refined_vae_descends_from_the_encoders_guess_on_the_splits_compared
     abp = ABPConfig(sigma=0.3, step_size=0.1, batch_size=10)
     vae, _ = train_vae(decoder, train.y, projection, (size,), abp=abp, config=VAEConfig(), epochs=2)
     evaluation = EvaluationConfig(n_steps=3)  # few steps: where it starts shows
-    metrics, signals = score_vae(vae, train, test, abp, evaluation, torch.device("cpu"))
+    metrics, signals = score_vae(vae, train, test, abp, evaluation)
     assert {
         "vae_train_mae",
         "vae_heldout_mae",
@@ -188,12 +188,7 @@ def test_the_refined_vae_descends_from_the_encoders_guess_on_the_splits_compared
     # Complete data with a test split: the training split keeps the encoder's guesses alone.
     complete = Split(x, x, Identity())
     metrics, signals = score_vae(
-        vae_for_complete(size),
-        complete,
-        Split(x[:10], x[:10], Identity()),
-        abp,
-        evaluation,
-        torch.device("cpu"),
+        vae_for_complete(size), complete, Split(x[:10], x[:10], Identity()), abp, evaluation
     )
     assert "vae_refined_train_mae" not in metrics and "vae_refined_heldout_mae" in metrics
     assert signals["VAE + descent"][0] is None

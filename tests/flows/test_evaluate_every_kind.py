@@ -57,7 +57,7 @@ class InMemoryExperiment(Experiment):
 
 
 def experiment(
-    kind: str, tmp_path, *, occluded: bool = False
+    kind: str, tmp_path, *, occluded: bool = False, vae: dict | None = None
 ) -> tuple[Experiment, torch.nn.Module]:
     torch.manual_seed(0)
     generator = build_generator(GENERATORS[kind]).eval()
@@ -82,6 +82,7 @@ def experiment(
         abp={"sigma": 0.3, "step_size": 0.1},
         training={"epochs": 1},
         evaluation={"n_steps": 20, "n_samples": 2},
+        vae=vae or {},
     )
     exp = InMemoryExperiment(
         "tiny",
@@ -121,6 +122,21 @@ def test_every_kind_is_scored_against_pca_and_the_trivial_baseline(kind, tmp_pat
         )
     assert list(shown) == ["truth", "ABP", "VAE", "VAE + descent", "PCA d=8"]
     assert not any(key.startswith(("texture_", "shuffled_")) for key in metrics)
+
+
+def test_a_vae_that_diverges_is_a_warning_and_no_vae_rows_never_a_lost_evaluation(tmp_path, caplog):
+    exp, generator = experiment("audio", tmp_path, vae={"learning_rate": 1e30})
+    metrics, shown, vae = compute_metrics(exp, generator)
+    assert vae is None
+    assert not any(key.startswith("vae_") for key in metrics)
+    assert {"heldout_mae", "pca_heldout_mae"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert list(shown) == ["truth", "ABP", "PCA d=8"]
+    assert "experiments.tiny.vae:" in caplog.text and "no VAE rows" in caplog.text
+    # and one turned off is not learned at all
+    exp, generator = experiment("audio", tmp_path / "off", vae={"enabled": False})
+    metrics, shown, vae = compute_metrics(exp, generator)
+    assert vae is None and not any(key.startswith("vae_") for key in metrics)
 
 
 def test_a_texture_generator_is_scored_on_its_syntheses_beside_shuffled_pixels(tmp_path):
