@@ -10,8 +10,9 @@ ABP's generator as its decoder (abp.vae), PCA with d = the latent size and a tri
 baseline (the training mean; silence for sound), all learned from exactly the same training
 data and scored alike (mean absolute errors on the [0, 1] scale: train_mae, heldout_mae,
 *_hidden_mae; vae_*, vae_refined_*, pca_* and trivial_* for the baselines).
-ABP's descent runs on the training device (CUDA when there is one), evaluation.batch_size
-examples at a time; the splits, the errors, the baselines and the figures stay on the CPU.
+ABP's descent and the VAE run on the training device (CUDA when there is one),
+evaluation.batch_size examples at a time; the splits, the errors, the linear baselines and
+the figures stay on the CPU.
 
 This flow adds what a person looks at and what the team tracks. It writes
 metrics/experiments/<experiment>.json (flat numbers, for `dvc metrics diff`), and under
