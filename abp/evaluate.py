@@ -364,39 +364,29 @@ def score_vae(
     gap. The descent runs where the comparisons are made: on the test split, and on the
     training split when it is recovered from incomplete or indirect data (or there is no
     test split). It all runs where the VAE is, evaluation.batch_size examples at a time; the
-    splits stay on the host. Returns the metrics and {"VAE" | "VAE + descent": (training signals or
-    None, test signals or None)}."""
-    metrics: dict[str, float] = {}
-    signals: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
-    device = device_of(vae.decoder)
-    guesses = {
-        name: vae.encode(split.y, split.observation, batch_size=evaluation.batch_size)
-        for name, split in (("train", train), ("test", test))
-        if split is not None
-    }
-    decoder = vae.decoder
-    guessed = {
-        name: consistent(generate(decoder, z, evaluation.batch_size, device), split)
-        for (name, z), split in zip(guesses.items(), (train, test))
-        if split is not None
-    }
-    metrics.update(scored("vae_", guessed["train"], guessed.get("test"), train, test))
-    signals["VAE"] = (guessed["train"], guessed.get("test"))
+    splits stay on the host. Returns the metrics and {"VAE" | "VAE + descent": (training
+    signals or None, test signals or None)}."""
+    device, decoder = device_of(vae.decoder), vae.decoder
     refine_train = test is None or not isinstance(train.observation, Identity)
+    guessed: dict[str, torch.Tensor] = {}
     refined: dict[str, torch.Tensor] = {}
     for name, split in (("train", train), ("test", test)):
-        if split is not None and (name == "test" or refine_train):
-            refined[name], _ = recover(decoder, split, guesses[name], config, evaluation, device)
-    if "train" in refined:
-        metrics.update(
-            {f"vae_refined_{k}": v for k, v in errors("train", refined["train"], train).items()}
-        )
-    if "test" in refined and test is not None:
-        metrics.update(
-            {f"vae_refined_{k}": v for k, v in errors("heldout", refined["test"], test).items()}
-        )
-    signals["VAE + descent"] = (refined.get("train"), refined.get("test"))
-    return metrics, signals
+        if split is None:
+            continue
+        z = vae.encode(split.y, split.observation, batch_size=evaluation.batch_size)
+        guessed[name] = consistent(generate(decoder, z, evaluation.batch_size, device), split)
+        if name == "test" or refine_train:
+            refined[name], _ = recover(decoder, split, z, config, evaluation, device)
+    metrics: dict[str, float] = {}
+    for prefix, found in (("vae_", guessed), ("vae_refined_", refined)):
+        for name, signals in found.items():
+            split, error_name = (train, "train") if name == "train" else (test, "heldout")
+            assert split is not None  # found only for the splits there are
+            metrics.update({prefix + k: v for k, v in errors(error_name, signals, split).items()})
+    return metrics, {
+        "VAE": (guessed.get("train"), guessed.get("test")),
+        "VAE + descent": (refined.get("train"), refined.get("test")),
+    }
 
 
 def starting_latents(generator, n: int, init: str) -> torch.Tensor:
