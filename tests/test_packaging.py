@@ -3,6 +3,7 @@ only `dependencies`, so `pip install abp-pipeline` does not pull Prefect, MLflow
 pipeline (flows/) needs those plus the `pipeline` extra; and nothing declared goes unused."""
 
 import ast
+import configparser
 import functools
 import re
 import sys
@@ -89,3 +90,11 @@ def test_the_pipeline_imports_only_what_it_declares_and_uses_all_of_it():
 def test_pyproject_points_nowhere_outside_the_repository(section):
     assert "../" not in repr(PYPROJECT.get(section))
     assert "../" not in (ROOT / "pyproject.toml").read_text()
+
+
+def test_dvc_neither_reports_usage_nor_asks_for_updates():
+    # No network at run time: DVC's analytics and its updater both call out.
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    assert config.getboolean("core", "analytics") is False
+    assert config.getboolean("core", "check_update") is False
