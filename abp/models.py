@@ -20,6 +20,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 
+from abp.conv import TO_SIGNAL
 from abp.files import save_tensors
 
 
@@ -88,12 +89,15 @@ def _default_widths(n_layers: int, width: int, max_width: int = 512) -> tuple[in
 def _upsampling_stack(
     conv: type[nn.Module], widths: Sequence[int], out_channels: int, kernel, stride, padding
 ) -> nn.Sequential:
-    """ConvTranspose layers widths[0] → widths[1] → … → out_channels, then tanh."""
+    """ConvTranspose layers widths[0] → widths[1] → … → out_channels, then tanh; the last
+    one, into the signal's channels, faster on the CPU (abp.conv; 1-D and 2-D only)."""
     layers: list[nn.Module] = []
     channels = [*widths, out_channels]
     for i in range(len(widths)):
-        layers.append(conv(channels[i], channels[i + 1], kernel, stride, padding))
-        layers.append(nn.LeakyReLU(0.2) if i < len(widths) - 1 else nn.Tanh())
+        last = i == len(widths) - 1
+        layer = TO_SIGNAL[conv] if last else conv
+        layers.append(layer(channels[i], channels[i + 1], kernel, stride, padding))
+        layers.append(nn.Tanh() if last else nn.LeakyReLU(0.2))
     return nn.Sequential(*layers)
 
 
@@ -237,6 +241,7 @@ class VideoGenerator(Generator):
         layers: list[nn.Module] = []
         for i in range(len(channels_in)):
             doubles_time = i < temporal_layers
+            last = i == len(channels_in) - 1
             layers.append(
                 nn.ConvTranspose3d(
                     channels_in[i],
@@ -246,7 +251,7 @@ class VideoGenerator(Generator):
                     padding=1,
                 )
             )
-            layers.append(nn.LeakyReLU(0.2) if i < len(channels_in) - 1 else nn.Tanh())
+            layers.append(nn.Tanh() if last else nn.LeakyReLU(0.2))
         self.upsample = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -62,11 +62,8 @@ class VAEConfig:
         check_fields(self)
 
 
-CONVOLUTION_OF = {
-    nn.ConvTranspose1d: nn.Conv1d,
-    nn.ConvTranspose2d: nn.Conv2d,
-    nn.ConvTranspose3d: nn.Conv3d,
-}
+# A transposed convolution's mirror, by its number of spatial dimensions.
+CONVOLUTION_OF = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 class Encoder(nn.Module):
@@ -106,7 +103,7 @@ def mirrored_encoder(generator: Generator, signal_shape: tuple[int, ...]) -> Enc
         last = i == len(transposed) - 1
         out = layer.in_channels if vector or not last else 2 * layer.in_channels
         # Typed loosely: torch annotates sizes per dimension (int or a 1-, 2- or 3-tuple).
-        convolution: Any = CONVOLUTION_OF[type(layer)]
+        convolution: Any = CONVOLUTION_OF[len(layer.kernel_size)]
         layers.append(
             convolution(
                 2 * channels if i == 0 else layer.out_channels,
