@@ -95,6 +95,10 @@ class _IntoFewChannels:
             or layer.out_channels > FEW_CHANNELS
             # Under autocast (bf16) the input's dtype is autocast's to choose, not ours.
             or torch.is_autocast_enabled("cpu")
+            # A traced or exported graph (torch.compile, MLflow's pt2 model) keeps the plain
+            # convolution: any device, any batch size (the GEMM kernel has no symbolic shapes).
+            or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
         ):
             return super().forward(x, output_size)  # type: ignore[misc]
         return GemmConvTranspose.apply(x, layer.weight, layer.bias, layer)

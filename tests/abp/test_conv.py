@@ -130,3 +130,27 @@ def test_video_keeps_the_plain_layer():
         latent_channels=2, latent_frames=1, latent_size=2, widths=(4,), temporal_layers=1
     )
     assert all(type(m) not in TO_SIGNAL.values() for m in video.modules())
+
+
+@pytest.mark.parametrize(
+    "generator, latent_shape",
+    [
+        (ImageGenerator(latent_dim=3, image_size=8, channels=1, widths=(8, 4)), (3,)),
+        (AudioGenerator(latent_channels=2, latent_length=4, widths=(4,), stride=2), (2, 4)),
+    ],
+    ids=["image", "audio"],
+)
+def test_an_exported_generator_keeps_the_plain_convolution(generator, latent_shape):
+    # MLflow's pt2 model is a torch.export with any batch size, to run on any device: the
+    # GEMM kernel (CPU only, no symbolic shapes) stays out of the graph.
+    from torch.export import Dim, export
+
+    generator.eval()
+    exported = export(
+        generator, (torch.zeros(2, *latent_shape),), dynamic_shapes={"z": {0: Dim("batch")}}
+    )
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+    assert not any("slow_conv" in t for t in targets)
+    assert any("conv_transpose" in t for t in targets)
+    z = torch.randn(5, *latent_shape)
+    torch.testing.assert_close(exported.module()(z), generator(z), rtol=1e-5, atol=1e-5)
