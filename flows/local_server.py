@@ -5,8 +5,11 @@
 Without PREFECT_API_URL every flow process starts (and stops) its own temporary Prefect
 server, which costs about 5 s per DVC stage. One server for the whole `dvc repro` saves that,
 and every flow run reports to it. If PREFECT_API_URL is already set, that server is used and
-none is started. The server's database is the pipeline's (.prefect/prefect.db at the
-repository root, see flows/prefect_home.py), which `make prefect-ui` shows afterwards.
+none is started. The flows skip Prefect's flow-run heartbeats against the server started
+here (flows.process.without_heartbeats: nothing watches them, and each costs its flow up to
+a second at the end); against a server of yours they stay on. The server's database is the
+pipeline's (.prefect/prefect.db at the repository root, see flows/prefect_home.py), which
+`make prefect-ui` shows afterwards.
 
 Beside it runs a warm stage runner (flows/runner.py), announced in FLOWS_STAGE_RUNNER: the
 stages' `python -m flows <stage>` (flows/stage.py) run as its forked children instead of
@@ -29,7 +32,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flows.process import prefect_server, run_command, run_in_own_group, start_child, stop_group
+from flows.process import (
+    OWN_SERVER_ENV,
+    prefect_server,
+    run_command,
+    run_in_own_group,
+    start_child,
+    stop_group,
+)
 from flows.stage import RUNNER_ENV
 
 STOP_SECONDS = 20
@@ -81,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_with_stage_runner(argv, dict(os.environ))
     with local_prefect_server() as api_url:
         print(f"Prefect server on {api_url} for: {' '.join(argv)}", flush=True)
-        return run_with_stage_runner(argv, {**os.environ, "PREFECT_API_URL": api_url})
+        own = {"PREFECT_API_URL": api_url, OWN_SERVER_ENV: api_url}
+        return run_with_stage_runner(argv, {**os.environ, **own})
 
 
 if __name__ == "__main__":

@@ -431,6 +431,24 @@ def use_prefect_api(api_url: str) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = before
 
 
+# Set by flows.local_server for the command it runs: the URL of the Prefect server it started
+# for that command alone (PREFECT_API_URL is the same then).
+OWN_SERVER_ENV = "FLOWS_OWN_PREFECT_SERVER"
+
+
+@contextmanager
+def without_heartbeats() -> Iterator[None]:
+    """No flow-run heartbeats for the duration. Prefect sends one every 180 s from a thread,
+    for a server's automations to tell a crashed run, and at the run's end waits for that
+    thread, which sleeps in steps of a second: up to a second at the end of every flow run,
+    every stage (bench.flow_end). Used only with a server started for this run, which
+    nothing watches and which ends with it."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 @contextmanager
 def prefect_server_for_this_process(timeout: float = 90) -> Iterator[str | None]:
     """With no Prefect API configured (PREFECT_API_URL, in the environment or in Prefect's
@@ -440,10 +458,20 @@ def prefect_server_for_this_process(timeout: float = 90) -> Iterator[str | None]
     Prefect would otherwise start its temporary server, a plain child that is stopped only at
     a normal interpreter exit: it survives a SIGKILL or an unhandled SIGTERM of its parent.
     This one dies with this process whatever ends it."""
-    if _configured_api_url():
-        yield None
+    configured = _configured_api_url()
+    if configured:
+        # make run's own server (flows.local_server) has no heartbeats to watch either.
+        if configured == os.environ.get(OWN_SERVER_ENV):
+            with without_heartbeats():
+                yield None
+        else:
+            yield None
         return
-    with prefect_server(timeout=timeout, ephemeral=True) as api_url, use_prefect_api(api_url):
+    with (
+        prefect_server(timeout=timeout, ephemeral=True) as api_url,
+        use_prefect_api(api_url),
+        without_heartbeats(),
+    ):
         try:
             yield api_url
         finally:

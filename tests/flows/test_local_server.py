@@ -33,6 +33,24 @@ def test_command_sees_a_live_server_on_loopback_which_stops_afterwards(
         urllib.request.urlopen(url + "/health", timeout=2)
 
 
+# A stage's flow, as flows.process starts it: against the server local_server started for
+# the command, with no heartbeats (nothing watches them; each costs a flow up to a second).
+NO_HEARTBEATS = """
+from prefect.settings import get_current_settings
+from flows.process import prefect_server_for_this_process
+with prefect_server_for_this_process() as started:
+    assert started is None  # the local server's: none of its own
+    print(get_current_settings().flows.heartbeat_frequency)
+"""
+
+
+def test_flows_against_the_local_server_send_no_heartbeats(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert main(["--", sys.executable, "-c", NO_HEARTBEATS]) == 0
+    assert capfd.readouterr().out.strip().splitlines()[-1] == "None"
+
+
 def test_exit_status_of_the_command_is_returned(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # given: no server started
     assert main([sys.executable, "-c", "raise SystemExit(3)"]) == 3

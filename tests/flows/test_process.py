@@ -42,3 +42,37 @@ def test_a_command_exits_with_mains_status_after_its_exit_hooks_outside_the_coll
     assert done.returncode == status, done.stderr
     assert done.stderr == ""
     assert written.read_text() == "frozen: True"
+
+
+def heartbeat_frequency():
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().flows.heartbeat_frequency
+
+
+def test_without_heartbeats_turns_them_off_for_its_duration():
+    from flows.process import without_heartbeats
+
+    before = heartbeat_frequency()
+    assert before is not None  # Prefect's default: on
+    with without_heartbeats():
+        assert heartbeat_frequency() is None
+    assert heartbeat_frequency() == before
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["make run's server", "a server of yours"])
+def test_heartbeats_are_off_only_against_the_server_started_for_the_run(own, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.process import OWN_SERVER_ENV, prefect_server_for_this_process
+
+    url = "http://127.0.0.1:9/api"  # configured: nothing is started, nothing is called
+    if own:
+        monkeypatch.setenv(OWN_SERVER_ENV, url)
+    else:
+        monkeypatch.delenv(OWN_SERVER_ENV, raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        default = heartbeat_frequency()
+        with prefect_server_for_this_process() as started:
+            assert started is None
+            assert heartbeat_frequency() == (None if own else default)
