@@ -97,16 +97,24 @@ class SystemMetricsSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                values: dict[str, float] = {}
-                for monitor in self.monitors:
-                    monitor.collect_metrics()
-                    values.update(monitor.aggregate_metrics())
-                    monitor.clear_metrics()
-                self.sink((values, int(time.time() * 1000)))
-            except Exception as error:  # noqa: BLE001 - never let sampling end the training
-                logger.warning("system metrics sampling stopped: %s", error)
+            if not self._sample():
                 return
+        # The last stretch too: a training shorter than one interval still gets its sample.
+        self._sample()
+
+    def _sample(self) -> bool:
+        """One sample to the sink; False (and a warning) if that failed."""
+        try:
+            values: dict[str, float] = {}
+            for monitor in self.monitors:
+                monitor.collect_metrics()
+                values.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+            self.sink((values, int(time.time() * 1000)))
+        except Exception as error:  # noqa: BLE001 - never let sampling end the training
+            logger.warning("system metrics sampling stopped: %s", error)
+            return False
+        return True
 
 
 class SystemMetrics:

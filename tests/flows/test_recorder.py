@@ -282,6 +282,16 @@ def test_system_metrics_go_through_the_recorder(live, tmp_path):
     assert len(sampled) >= 2 and sampled == list(range(len(sampled)))
 
 
+def test_a_sampling_shorter_than_one_interval_still_gives_one_sample():
+    # A training that ends within the first interval: its last stretch is sampled at stop.
+    samples = []
+    sampler = SystemMetricsSampler(samples.append, interval=60).start()
+    sampler.stop(timeout=10)
+    assert len(samples) == 1
+    values, timestamp = samples[0]
+    assert "cpu_utilization_percentage" in values and timestamp > 0
+
+
 def test_a_local_sqlite_store_records_the_same_way(server, tmp_path):
     # A copy of the server's database: a new one would take seconds of schema migrations.
     with (
