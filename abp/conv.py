@@ -93,6 +93,9 @@ class _IntoFewChannels:
             or layer.groups != 1
             or layer.padding_mode != "zeros"
             or layer.out_channels > FEW_CHANNELS
+            # Batched and not empty: what the kernel and its backward take.
+            or x.dim() != len(layer.kernel_size) + 2
+            or x.numel() == 0
             # Under autocast (bf16) the input's dtype is autocast's to choose, not ours.
             or torch.is_autocast_enabled("cpu")
             # A traced or exported graph (torch.compile, MLflow's pt2 model) keeps the plain

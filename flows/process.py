@@ -442,7 +442,8 @@ def without_heartbeats() -> Iterator[None]:
     for a server's automations to tell a crashed run, and at the run's end waits for that
     thread, which sleeps in steps of a second: up to a second at the end of every flow run,
     every stage (bench.flow_end). Used only with a server started for this run, which
-    nothing watches and which ends with it."""
+    nothing watches and which ends with it (a PREFECT_FLOWS_HEARTBEAT_FREQUENCY of yours
+    included)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -472,7 +473,14 @@ def prefect_server_for_this_process(timeout: float = 90) -> Iterator[str | None]
         use_prefect_api(api_url),
         without_heartbeats(),
     ):
+        # Our children too (flows.pipeline's `dvc repro` stages) know it is the run's own.
+        before = os.environ.get(OWN_SERVER_ENV)
+        os.environ[OWN_SERVER_ENV] = api_url
         try:
             yield api_url
         finally:
+            if before is None:
+                os.environ.pop(OWN_SERVER_ENV, None)
+            else:
+                os.environ[OWN_SERVER_ENV] = before
             _drain_prefect_workers()

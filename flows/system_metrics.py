@@ -83,6 +83,7 @@ class SystemMetricsSampler:
 
             self.monitors.append(GPUMonitor())
         self._stop = threading.Event()
+        self._last_sample = True
         self._thread: threading.Thread | None = None
 
     def start(self) -> SystemMetricsSampler:
@@ -90,7 +91,13 @@ class SystemMetricsSampler:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, last_sample: bool = True) -> None:
+        """Stop sampling, after one last sample of the stretch since the previous one unless
+        `last_sample` is False (the sink may wait on a server: an interrupted run skips it).
+        Waits up to `timeout` for the thread, once: a second call returns at once."""
+        if self._stop.is_set():
+            return
+        self._last_sample = last_sample
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -100,7 +107,8 @@ class SystemMetricsSampler:
             if not self._sample():
                 return
         # The last stretch too: a training shorter than one interval still gets its sample.
-        self._sample()
+        if self._last_sample:
+            self._sample()
 
     def _sample(self) -> bool:
         """One sample to the sink; False (and a warning) if that failed."""
@@ -172,9 +180,9 @@ class SystemMetrics:
         """As an epoch callback: `collect`."""
         self.collect()
 
-    def stop(self) -> None:
+    def stop(self, last_sample: bool = True) -> None:
         if self.sampler is not None:
-            self.sampler.stop()
+            self.sampler.stop(last_sample=last_sample)
 
     def finish(self) -> None:
         """Stop sampling and bring the last samples in (every rank calls it: a collective)."""

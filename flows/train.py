@@ -432,8 +432,8 @@ def _train(exp: Experiment, logger: Logger | LoggerAdapter) -> dict[str, Any]:
         status = "KILLED"
         raise
     finally:
-        if system is not None:
-            system.stop()
+        if system is not None:  # after finish() a no-op; else a failure: no last sample
+            system.stop(last_sample=False)
         if recorder is not None:
             # The status goes after every record, kept on disk with them if the server is
             # away; an interrupted run waits little (what is not sent stays in the spool).

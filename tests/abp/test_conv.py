@@ -72,10 +72,17 @@ def test_the_same_convolution_forward_and_backward(plain_class, shape, arguments
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_channels_last_input_gives_the_same_result():
+def test_channels_last_weights_and_input_give_the_same_result():
+    # abp.fast's channels_last switch turns the generator's weights to NHWC as well.
     plain, ours = layer_pair(nn.ConvTranspose2d, (8, 1, 4, 2, 1))
+    ours.to(memory_format=torch.channels_last)
     x = torch.randn(3, 8, 6, 6).contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+    expected, expected_grads = outputs_and_gradients(plain, x)
+    found, found_grads = outputs_and_gradients(ours, x)
+    assert found.grad_fn.name() == "GemmConvTransposeBackward"
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(found_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_only_the_input_gradient_when_the_weights_are_frozen():
@@ -83,10 +90,31 @@ def test_only_the_input_gradient_when_the_weights_are_frozen():
     plain, ours = layer_pair(nn.ConvTranspose2d, (8, 1, 4, 2, 1))
     ours.requires_grad_(False)
     x = torch.randn(2, 8, 5, 5, requires_grad=True)
-    (grad,) = torch.autograd.grad(ours(x).sum(), x)
+    y = ours(x)
+    assert y.grad_fn.name() == "GemmConvTransposeBackward"
+    (grad,) = torch.autograd.grad(y.sum(), x)
     (expected,) = torch.autograd.grad(plain(x).sum(), x)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
-    assert all(p.grad is None for p in ours.parameters())
+
+
+@pytest.mark.parametrize(
+    "plain_class, arguments, x",
+    [
+        (nn.ConvTranspose1d, (4, 1, 8, 4, 2), torch.randn(4, 9)),  # one signal, no batch
+        (nn.ConvTranspose2d, (4, 1, 4, 2, 1), torch.randn(4, 5, 5)),  # one image, no batch
+        (nn.ConvTranspose2d, (4, 1, 4, 2, 1), torch.randn(0, 4, 5, 5)),  # an empty batch
+    ],
+    ids=["unbatched 1-D", "unbatched 2-D", "empty batch"],
+)
+def test_unbatched_or_empty_input_takes_the_usual_path(plain_class, arguments, x):
+    plain, ours = layer_pair(plain_class, arguments)
+    x.requires_grad_(True)
+    y = ours(x)
+    assert y.grad_fn.name() != "GemmConvTransposeBackward"
+    torch.testing.assert_close(y, plain(x))
+    if x.numel():
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(grad, torch.autograd.grad(plain(x).sum(), x)[0])
 
 
 def test_many_channels_an_output_size_or_autocast_take_the_usual_path():
@@ -118,10 +146,8 @@ def test_generators_end_in_the_fast_layer_with_plain_weights(generator):
     convolutions = [m for m in generator.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     assert type(convolutions[-1]) in TO_SIGNAL.values()  # the last layer only
     assert all(type(m) not in TO_SIGNAL.values() for m in convolutions[:-1])
-    # A plain layer's subclass: its weights, their names in a state dict, its checkpoints.
-    assert any(isinstance(convolutions[-1], plain) for plain in TO_SIGNAL)
-    z = generator.sample_latent(2)
-    assert generator(z).grad_fn is not None
+    z = generator.sample_latent(2).requires_grad_(True)
+    assert generator(z).grad_fn.name() == "TanhBackward0"  # the layer runs, then tanh
 
 
 def test_video_keeps_the_plain_layer():

@@ -76,3 +76,41 @@ def test_heartbeats_are_off_only_against_the_server_started_for_the_run(own, mon
         with prefect_server_for_this_process() as started:
             assert started is None
             assert heartbeat_frequency() == (None if own else default)
+
+
+@pytest.mark.slow  # a real Prefect server, started and stopped
+def test_a_flows_own_server_is_announced_to_its_children_without_heartbeats(tmp_path, monkeypatch):
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.process import OWN_SERVER_ENV, prefect_server_for_this_process
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.delenv(OWN_SERVER_ENV, raising=False)
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        prefect_server_for_this_process() as api_url,
+    ):
+        assert api_url is not None and os.environ[OWN_SERVER_ENV] == api_url
+        assert heartbeat_frequency() is None
+        # A child (flows.pipeline's `dvc repro` stages) sees the same server as its own.
+        child = subprocess.run(
+            [sys.executable, "-c", NO_HEARTBEATS_CHILD],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.strip().splitlines()[-1] == "None"
+    assert OWN_SERVER_ENV not in os.environ
+
+
+NO_HEARTBEATS_CHILD = """
+from prefect.settings import get_current_settings
+from flows.process import prefect_server_for_this_process
+with prefect_server_for_this_process() as started:
+    assert started is None
+    print(get_current_settings().flows.heartbeat_frequency)
+"""

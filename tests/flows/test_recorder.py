@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -290,6 +291,21 @@ def test_a_sampling_shorter_than_one_interval_still_gives_one_sample():
     assert len(samples) == 1
     values, timestamp = samples[0]
     assert "cpu_utilization_percentage" in values and timestamp > 0
+
+
+def test_an_interrupted_sampling_takes_no_last_sample_and_a_second_stop_does_not_wait():
+    samples = []
+    sampler = SystemMetricsSampler(samples.append, interval=60).start()
+    sampler.stop(timeout=10, last_sample=False)
+    assert samples == []
+    # A sink stuck on a server: stop waits its timeout once, never twice.
+    release = threading.Event()
+    stuck = SystemMetricsSampler(lambda sample: release.wait(30), interval=60).start()
+    started = time.monotonic()
+    stuck.stop(timeout=0.5)
+    stuck.stop(timeout=10)
+    assert time.monotonic() - started < 5
+    release.set()
 
 
 def test_a_local_sqlite_store_records_the_same_way(server, tmp_path):
