@@ -24,29 +24,22 @@ FEW_CHANNELS = 4
 
 def gemm_forward(layer: nn.modules.conv._ConvTransposeNd, x: torch.Tensor) -> torch.Tensor:
     """layer(x) by aten's slow_conv_transpose2d (a 1-D layer as a 2-D one of height 1)."""
-    weight, bias = layer.weight, layer.bias
-    if len(layer.kernel_size) == 2:
-        return torch.ops.aten.slow_conv_transpose2d(
-            x,
-            weight,
-            layer.kernel_size,
-            bias,
-            layer.stride,
-            layer.padding,
-            layer.output_padding,
-            layer.dilation,
-        )
-    flat = torch.ops.aten.slow_conv_transpose2d(
-        x.unsqueeze(2),
-        weight.unsqueeze(2),
-        (1, *layer.kernel_size),
-        bias,
-        (1, *layer.stride),
-        (0, *layer.padding),
-        (0, *layer.output_padding),
-        (1, *layer.dilation),
+    flat = len(layer.kernel_size) == 1
+
+    def two_d(sizes: tuple[int, ...], height: int) -> tuple[int, ...]:
+        return (height, *sizes) if flat else sizes
+
+    y = torch.ops.aten.slow_conv_transpose2d(
+        x.unsqueeze(2) if flat else x,
+        layer.weight.unsqueeze(2) if flat else layer.weight,
+        two_d(layer.kernel_size, 1),
+        layer.bias,
+        two_d(layer.stride, 1),
+        two_d(tuple(layer.padding), 0),  # type: ignore[arg-type]
+        two_d(layer.output_padding, 0),
+        two_d(layer.dilation, 1),
     )
-    return flat.squeeze(2)
+    return y.squeeze(2) if flat else y
 
 
 class GemmConvTranspose(torch.autograd.Function):

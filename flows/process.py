@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import NoReturn
 
 PR_SET_PDEATHSIG = 1
@@ -413,22 +413,32 @@ def use_prefect_api(api_url: str) -> Iterator[str]:
     import prefect.context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            # Threads that Prefect started earlier read the process-global settings.
-            global_context = getattr(prefect.context, "_temporary_global_settings_context", None)
-            if global_context is None:
+    with (
+        environ_set("PREFECT_API_URL", api_url),
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+    ):
+        # Threads that Prefect started earlier read the process-global settings.
+        global_context = getattr(prefect.context, "_temporary_global_settings_context", None)
+        if global_context is None:
+            yield api_url
+        else:
+            with global_context(prefect.context.get_settings_context()):
                 yield api_url
-            else:
-                with global_context(prefect.context.get_settings_context()):
-                    yield api_url
+
+
+@contextmanager
+def environ_set(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value for the duration (this process and the children it starts),
+    then as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
     finally:
         if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["PREFECT_API_URL"] = before
+            os.environ[name] = before
 
 
 # Set by flows.local_server for the command it runs: the URL of the Prefect server it started
@@ -462,25 +472,18 @@ def prefect_server_for_this_process(timeout: float = 90) -> Iterator[str | None]
     configured = _configured_api_url()
     if configured:
         # make run's own server (flows.local_server) has no heartbeats to watch either.
-        if configured == os.environ.get(OWN_SERVER_ENV):
-            with without_heartbeats():
-                yield None
-        else:
+        own = configured == os.environ.get(OWN_SERVER_ENV)
+        with without_heartbeats() if own else nullcontext():
             yield None
         return
     with (
         prefect_server(timeout=timeout, ephemeral=True) as api_url,
         use_prefect_api(api_url),
         without_heartbeats(),
-    ):
         # Our children too (flows.pipeline's `dvc repro` stages) know it is the run's own.
-        before = os.environ.get(OWN_SERVER_ENV)
-        os.environ[OWN_SERVER_ENV] = api_url
+        environ_set(OWN_SERVER_ENV, api_url),
+    ):
         try:
             yield api_url
         finally:
-            if before is None:
-                os.environ.pop(OWN_SERVER_ENV, None)
-            else:
-                os.environ[OWN_SERVER_ENV] = before
             _drain_prefect_workers()
