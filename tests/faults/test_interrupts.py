@@ -29,7 +29,7 @@ from flows import process as flows_process
 
 BIN = Path(sys.executable).parent
 EXPERIMENT = "digits_P50"
-EPOCHS = 30  # seconds of training (10-20 epochs/s): still running when the signal comes
+EPOCHS = 300  # far longer than the test waits (10-60 epochs/s): still running when the signal comes
 STOPPED_WITHIN = 20  # seconds for every process of a run to be gone after the signal
 CHECKPOINT = Path("models") / EXPERIMENT / "checkpoints" / "last.pt"
 TRAINING = re.compile(r"-m flows[. ]train\b")
